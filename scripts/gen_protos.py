@@ -203,7 +203,8 @@ def check(report: Callable[[str], None] = print) -> bool:
             lineterm="",
             n=1,
         )
-        report("\n".join(list(diff)[:40]))
+        # Serialized descriptors sit on one very long line; keep reports readable.
+        report("\n".join(line[:160] for line in list(diff)[:40]))
     if not clean:
         report(
             f"generated code is stale (regenerated with grpcio-tools {_tools_version()}); "
