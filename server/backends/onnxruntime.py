@@ -1,0 +1,192 @@
+"""ONNX Runtime backend: one InferenceSession per model instance."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.backends.base import Backend, InstanceSpec, ModelInstance, RequestOutputs, Timing
+from server.backends.batching import gather_inputs, split_outputs
+from server.errors import ServerError, internal, invalid_arg, unavailable
+from server.repository.view import ModelView
+from server.types import InferRequest
+
+log = logging.getLogger(__name__)
+
+# ONNX tensor element types as onnxruntime names them -> config data types.
+_ORT_TO_CONFIG = {
+    "tensor(bool)": "TYPE_BOOL",
+    "tensor(uint8)": "TYPE_UINT8",
+    "tensor(uint16)": "TYPE_UINT16",
+    "tensor(uint32)": "TYPE_UINT32",
+    "tensor(uint64)": "TYPE_UINT64",
+    "tensor(int8)": "TYPE_INT8",
+    "tensor(int16)": "TYPE_INT16",
+    "tensor(int32)": "TYPE_INT32",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(float)": "TYPE_FP32",
+    "tensor(double)": "TYPE_FP64",
+    "tensor(string)": "TYPE_STRING",
+    "tensor(bfloat16)": "TYPE_BF16",
+}
+DEFAULT_MAX_BATCH_SIZE = 4
+
+
+def _ort() -> Any:
+    import onnxruntime
+
+    return onnxruntime
+
+
+def _dims(shape: Sequence[Any]) -> list[int]:
+    return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
+
+
+def _session_options(config: Any) -> Any:
+    ort = _ort()
+    options = ort.SessionOptions()
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    for key, attr in (("intra_op_thread_count", "intra_op_num_threads"), ("inter_op_thread_count", "inter_op_num_threads")):
+        if key in params:
+            try:
+                setattr(options, attr, int(params[key]))
+            except ValueError:
+                raise invalid_arg(f"parameter '{key}' of model '{config.name}' must be an integer") from None
+    options.log_severity_level = 3
+    return options
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def autocomplete(self, config: Any, model_dir: Path, version_dir: Path | None) -> None:
+        from server.protocol.generated import model_config_pb2 as mc
+
+        if config.input and config.output:
+            return
+        if version_dir is None:
+            return
+        path = self.model_file(config, version_dir)
+        if path.is_dir():
+            path = path / "model.onnx"
+        if not path.exists():
+            return
+        session = _ort().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        inputs = [(i.name, i.type, _dims(i.shape)) for i in session.get_inputs()]
+        outputs = [(o.name, o.type, _dims(o.shape)) for o in session.get_outputs()]
+        all_dynamic = all(dims and dims[0] == -1 for _, _, dims in inputs + outputs)
+        if config.max_batch_size == 0 and all_dynamic and not (config.input or config.output):
+            config.max_batch_size = DEFAULT_MAX_BATCH_SIZE
+            log.warning(
+                "model '%s': max_batch_size not given; using the default of %d",
+                config.name,
+                DEFAULT_MAX_BATCH_SIZE,
+            )
+        if config.max_batch_size > 0 and not all_dynamic:
+            raise invalid_arg(
+                f"autofill failed for model '{config.name}': model does not support batching "
+                "while non-zero max_batch_size is specified"
+            )
+        strip = 1 if config.max_batch_size > 0 else 0
+        for existing, found in ((config.input, inputs), (config.output, outputs)):
+            if existing:
+                continue
+            for name, ort_type, dims in found:
+                tensor = existing.add()
+                tensor.name = name
+                tensor.data_type = mc.DataType.Value(_ORT_TO_CONFIG.get(ort_type, "TYPE_INVALID"))
+                tensor.dims.extend(dims[strip:])
+        if config.max_batch_size > 1 and config.WhichOneof("scheduling_choice") is None:
+            config.dynamic_batching.SetInParent()
+
+    def load(self, config: Any, view: ModelView, version_dir: Path, instance: InstanceSpec) -> ModelInstance:
+        ort = _ort()
+        path = self.model_file(config, version_dir)
+        if path.is_dir():
+            path = path / "model.onnx"
+        if not path.is_file():
+            raise unavailable(f"unable to find '{path}' for model '{config.name}'")
+        if instance.kind == "GPU":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise unavailable(
+                    f"instance '{instance.name}' of model '{config.name}' needs a GPU, but "
+                    "onnxruntime's CUDA provider is not available"
+                )
+            providers: list[Any] = [
+                ("CUDAExecutionProvider", {"device_id": instance.device_id}),
+                "CPUExecutionProvider",
+            ]
+        else:
+            providers = ["CPUExecutionProvider"]
+        try:
+            session = ort.InferenceSession(str(path), sess_options=_session_options(config), providers=providers)
+        except ServerError:
+            raise
+        except Exception as exc:
+            raise unavailable(f"failed to load model '{config.name}': {exc}") from None
+        return OnnxRuntimeInstance(session, view)
+
+
+class OnnxRuntimeInstance(ModelInstance):
+    def __init__(self, session: Any, view: ModelView) -> None:
+        self._session = session
+        self._view = view
+        self._input_names = [i.name for i in session.get_inputs()]
+        self._output_names = [o.name for o in session.get_outputs()]
+        self._string_inputs = {i.name for i in session.get_inputs() if i.type == "tensor(string)"}
+        self._model_shapes = {
+            name: spec.reshape for name, spec in view.inputs.items() if spec.reshape is not None
+        }
+        self._output_reshape = {
+            name: spec for name, spec in view.outputs.items() if spec.reshape is not None
+        }
+
+    def execute(self, requests: Sequence[InferRequest], timing: Timing) -> list[RequestOutputs]:
+        feeds = gather_inputs(requests, self._input_names)
+        batch = sum(r.batch_size for r in requests)
+        for name, array in feeds.items():
+            if name in self._model_shapes:
+                lead = (batch,) if self._view.max_batch_size > 0 else ()
+                feeds[name] = array.reshape(lead + tuple(self._model_shapes[name]))
+            if name in self._string_inputs and array.dtype == object:
+                feeds[name] = np.vectorize(_to_str, otypes=[object])(feeds[name]) if array.size else array
+        wanted = self._requested(requests)
+        timing.input_end_ns = time.monotonic_ns()
+        try:
+            results = self._session.run(wanted, feeds)
+        except Exception as exc:
+            raise internal(f"onnxruntime execution failed for model '{self._view.name}': {exc}") from None
+        timing.infer_end_ns = time.monotonic_ns()
+        outputs = dict(zip(wanted, results, strict=True))
+        for name, spec in self._output_reshape.items():
+            if name in outputs:
+                lead = (batch,) if self._view.max_batch_size > 0 else ()
+                outputs[name] = outputs[name].reshape(lead + spec.dims)
+        return split_outputs(requests, outputs, self._view.max_batch_size > 0)
+
+    def _requested(self, requests: Sequence[InferRequest]) -> list[str]:
+        names: list[str] = []
+        for request in requests:
+            if request.outputs is None:
+                return self._output_names
+            for output in request.outputs:
+                if output.name not in names:
+                    names.append(output.name)
+        return names
+
+    def unload(self) -> None:
+        self._session = None
+
+
+def _to_str(item: Any) -> str:
+    return item.decode("utf-8", errors="surrogateescape") if isinstance(item, bytes) else str(item)
+
+
+def create_backend() -> Backend:
+    return OnnxRuntimeBackend()

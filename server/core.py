@@ -1,0 +1,227 @@
+"""The one service both front ends call. Front ends decode into ``InferRequest`` and
+encode what comes back; lookup, validation, scheduling and statistics live here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from server import __version__
+from server.errors import Code, ServerError, invalid_arg, unavailable
+from server.repository.config import config_to_json_dict, parse_config_json
+from server.repository.manager import LoadedVersion, ModelManager
+from server.repository.view import ModelView
+from server.scheduler.base import failure_reason
+from server.tensors import wire_datatype_of
+from server.types import InferRequest, InferResponse, OutputTensor
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = [
+    "classification",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "model_configuration",
+    "system_shared_memory",
+    "cuda_shared_memory",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "trace",
+    "logging",
+]
+
+
+@dataclass
+class CoreOptions:
+    server_id: str = "triton"
+    strict_readiness: bool = True
+    model_control_mode: str = "none"
+
+
+class Core:
+    def __init__(self, manager: ModelManager, options: CoreOptions) -> None:
+        self.manager = manager
+        self.options = options
+        self.exiting = False
+        self.accepting = True
+        self.started = False
+
+    # --- health and metadata ---------------------------------------------------------
+    def live(self) -> bool:
+        return self.started and not self.exiting
+
+    def ready(self) -> bool:
+        if not self.started or self.exiting:
+            return False
+        if not self.options.strict_readiness:
+            return True
+        return self.manager.all_ready()
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": self.options.server_id, "version": __version__, "extensions": EXTENSIONS}
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        if name not in self.manager.models:
+            raise ServerError(Code.NOT_FOUND, f"Request for unknown model: '{name}' is not found")
+        try:
+            self.manager.get(name, version)
+        except ServerError:
+            return False
+        return True
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        loaded = self.manager.get(name, version)
+        view = _view(loaded)
+        entry = self.manager.models[name]
+        if version:
+            versions = [str(loaded.version)]
+        else:
+            versions = [str(v) for v, lv in sorted(entry.versions.items()) if lv.state == "READY"]
+        return {
+            "name": name,
+            "versions": versions,
+            "platform": view.platform or view.backend,
+            "inputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": view.metadata_shape(s)}
+                for s in view.inputs.values()
+            ],
+            "outputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": view.metadata_shape(s)}
+                for s in view.outputs.values()
+            ],
+        }
+
+    def model_config(self, name: str, version: str = "") -> dict[str, Any]:
+        return config_to_json_dict(self.manager.get(name, version).config)
+
+    def model_config_message(self, name: str, version: str = "") -> Any:
+        return self.manager.get(name, version).config
+
+    # --- inference -------------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResponse:
+        if not request.request_start_ns:
+            request.request_start_ns = time.monotonic_ns()
+        if self.exiting and not self.accepting:
+            raise unavailable("Server exiting")
+        loaded = self.manager.get(request.model_name, request.model_version)
+        view = _view(loaded)
+        scheduler = loaded.scheduler
+        stats = loaded.stats
+        if scheduler is None or stats is None:
+            raise unavailable(
+                f"Request for unknown model: '{request.model_name}' version {loaded.version} is not at ready state"
+            )
+        from server.validation import validate_request
+
+        validate_request(request, view)
+        try:
+            outputs = await scheduler.submit(request)
+            response = self._build_response(request, view, outputs)
+        except ServerError as exc:
+            stats.record_failure(request.request_start_ns, time.monotonic_ns(), failure_reason(exc))
+            raise
+        except asyncio.CancelledError:
+            stats.record_failure(request.request_start_ns, time.monotonic_ns(), "CANCELED")
+            raise
+        stats.record_success(request.request_start_ns, time.monotonic_ns())
+        return response
+
+    def _build_response(self, request: InferRequest, view: ModelView, outputs: dict[str, Any]) -> InferResponse:
+        tensors: list[OutputTensor] = []
+        if request.outputs is None:
+            wanted = [(name, {}) for name in view.outputs if name in outputs]
+        else:
+            wanted = [(o.name, o.parameters) for o in request.outputs]
+        for name, params in wanted:
+            array = outputs.get(name)
+            if array is None:
+                raise ServerError(Code.INTERNAL, f"output '{name}' was not produced by model '{view.name}'")
+            array = np.asarray(array)
+            spec = view.outputs.get(name)
+            classes = int(params.get("classification", 0) or 0) if params else 0
+            if classes:
+                array = classify(array, classes, spec.labels if spec else (), view.max_batch_size > 0)
+                datatype = "BYTES"
+            else:
+                datatype = spec.datatype if spec is not None else wire_datatype_of(array)
+            tensors.append(OutputTensor(name, datatype, tuple(array.shape), array, dict(params) if params else {}))
+        return InferResponse(request.model_name, view.version, tensors, request.id)
+
+    # --- statistics and repository -------------------------------------------------
+    def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
+        if not name:
+            stats = [v.stats.as_dict() for v in self.manager.ready_versions() if v.stats]
+            return {"model_stats": sorted(stats, key=lambda s: (s["name"], s["version"]))}
+        try:
+            if version:
+                selected = [self.manager.get(name, version)]
+            else:
+                self.manager.get(name)
+                selected = [v for v in self.manager.models[name].versions.values() if v.state == "READY"]
+        except ServerError:
+            raise invalid_arg(f"requested model '{name}' is not available") from None
+        return {"model_stats": [v.stats.as_dict() for v in sorted(selected, key=lambda v: v.version) if v.stats]}
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        self.manager.scan()
+        return self.manager.index(ready_only)
+
+    async def load_model(self, name: str, parameters: dict[str, Any]) -> None:
+        if self.options.model_control_mode != "explicit":
+            raise unavailable("explicit model load / unload is not allowed if polling is enabled")
+        override = None
+        files: dict[str, bytes] = {}
+        for key, value in parameters.items():
+            if key == "config":
+                if not isinstance(value, str):
+                    raise invalid_arg("the 'config' parameter must be a string holding JSON")
+                override = parse_config_json(value)
+            elif key.startswith("file:"):
+                files[key[len("file:") :]] = value if isinstance(value, bytes) else _b64(value, key)
+        if files and override is None:
+            raise invalid_arg(f"failed to load '{name}', failed to poll from model repository")
+        await self.manager.load(name, override, files or None)
+
+    async def unload_model(self, name: str, parameters: dict[str, Any]) -> None:
+        if self.options.model_control_mode != "explicit":
+            raise unavailable("explicit model load / unload is not allowed if polling is enabled")
+        await self.manager.unload(name)
+
+
+def _view(loaded: LoadedVersion) -> ModelView:
+    assert loaded.view is not None
+    return loaded.view
+
+
+def _b64(value: Any, key: str) -> bytes:
+    import base64
+    import binascii
+
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_arg(f"failed to decode base64 content of '{key}'") from None
+
+
+def classify(array: np.ndarray, count: int, labels: tuple[str, ...], batched: bool) -> np.ndarray:
+    """Triton's classification extension: the top ``count`` entries as "value:index[:label]"."""
+    rows = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)
+    k = min(count, rows.shape[1])
+    result = np.empty((rows.shape[0], k), dtype=object)
+    is_float = rows.dtype.kind == "f"
+    for r, row in enumerate(rows):
+        order = np.argsort(-row.astype(np.float64), kind="stable")[:k]
+        for c, index in enumerate(order):
+            value = f"{float(row[index]):f}" if is_float else str(int(row[index]))
+            text = f"{value}:{index}"
+            if index < len(labels):
+                text += f":{labels[index]}"
+            result[r, c] = text.encode()
+    return result if batched else result.reshape(k)

@@ -1,0 +1,198 @@
+"""KServe v2 HTTP routes with Triton's extensions. Each handler decodes, calls the core,
+and encodes; errors go through the one table in ``server.http.errors``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from server.core import Core
+from server.errors import ServerError, invalid_arg, unsupported
+from server.http import compression
+from server.http.errors import error_response
+from server.protocol.http_codec import decode_infer_request, encode_infer_response, parse_json
+from server.repository.manager import parse_version
+
+JSON = "application/json"
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type=JSON)
+
+
+def _empty(ok: bool) -> Response:
+    return Response(b"", status_code=200 if ok else 400)
+
+
+def _version(version: str | None) -> str:
+    if version is None or version == "":
+        return ""
+    return str(parse_version(version))
+
+
+def create_app(core: Core, *, max_input_size: int = 64 * 1024 * 1024, extra_routes: Callable[[FastAPI, Core], None] | None = None) -> FastAPI:
+    app = FastAPI(title="Triton-compatible inference server", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ServerError)
+    async def _server_error(_: Request, exc: ServerError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        return _json({"error": exc.detail}, exc.status_code)
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_input_size:
+            raise compression.too_large(int(declared), max_input_size)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_input_size:
+                raise compression.too_large(size, max_input_size)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding")
+        if encoding:
+            try:
+                body = compression.decompress(body, encoding, max_input_size)
+            except ServerError as exc:
+                if exc.code.name == "UNSUPPORTED":
+                    raise _UnsupportedEncoding(exc) from None
+                raise
+        return body
+
+    async def json_body(request: Request) -> Any:
+        body = await read_body(request)
+        return parse_json(body) if body else {}
+
+    # --- health and metadata ------------------------------------------------------
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        if core.exiting:
+            return _json({"error": "Server exiting"}, 503)
+        return _empty(core.live())
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        if core.exiting:
+            return _json({"error": "Server exiting"}, 503)
+        return _empty(core.ready())
+
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        return _json(core.server_metadata())
+
+    async def model_metadata(model: str, version: str | None = None) -> Response:
+        return _json(core.model_metadata(model, _version(version)))
+
+    async def model_ready(model: str, version: str | None = None) -> Response:
+        if core.model_ready(model, _version(version)):
+            return _empty(True)
+        return _json({"error": "Model version not ready"}, 400)
+
+    async def model_config(model: str, version: str | None = None) -> Response:
+        return _json(core.model_config(model, _version(version)))
+
+    async def model_stats(model: str, version: str | None = None) -> Response:
+        return _json(core.statistics(model, _version(version)))
+
+    async def infer(request: Request, model: str, version: str | None = None) -> Response:
+        try:
+            body = await read_body(request)
+        except _UnsupportedEncoding as exc:
+            return error_response(exc.error, {"Accept-Encoding": compression.ACCEPT_ENCODING})
+        header_value = request.headers.get(HEADER_LENGTH)
+        header_length = _header_length(header_value, len(body))
+        infer_request = decode_infer_request(body, header_length, model, _version(version))
+        response = await core.infer(infer_request)
+        payload, json_length = encode_infer_response(response, infer_request)
+        headers: dict[str, str] = {}
+        media = JSON
+        if json_length is not None:
+            headers["Inference-Header-Content-Length"] = str(json_length)
+            media = "application/octet-stream"
+        encoding = compression.choose_encoding(request.headers.get("accept-encoding"))
+        if encoding != "identity":
+            payload = compression.compress(payload, encoding)
+            headers["Content-Encoding"] = encoding
+        return Response(payload, media_type=media, headers=headers)
+
+    for suffix, handler, method in (
+        ("", model_metadata, "GET"),
+        ("/ready", model_ready, "GET"),
+        ("/config", model_config, "GET"),
+        ("/stats", model_stats, "GET"),
+        ("/infer", infer, "POST"),
+    ):
+        app.add_api_route(f"/v2/models/{{model}}{suffix}", handler, methods=[method])
+        app.add_api_route(f"/v2/models/{{model}}/versions/{{version}}{suffix}", handler, methods=[method])
+
+    @app.get("/v2/models/stats")
+    async def all_stats() -> Response:
+        return _json(core.statistics())
+
+    # FastAPI matches routes in order; '/v2/models/stats' must win over '/v2/models/{model}'.
+    app.router.routes.insert(0, app.router.routes.pop())
+
+    # --- model repository ---------------------------------------------------------
+    @app.post("/v2/repository/index")
+    async def repository_index(request: Request) -> Response:
+        body = await json_body(request)
+        ready_only = bool(body.get("ready", False)) if isinstance(body, dict) else False
+        return _json(core.repository_index(ready_only))
+
+    @app.post("/v2/repository/models/{model}/load")
+    async def load(request: Request, model: str) -> Response:
+        body = await json_body(request)
+        params = body.get("parameters", {}) if isinstance(body, dict) else {}
+        if not isinstance(params, dict):
+            raise invalid_arg("unable to parse 'parameters': expected a JSON object")
+        await core.load_model(model, params)
+        return Response(b"", status_code=200)
+
+    @app.post("/v2/repository/models/{model}/unload")
+    async def unload(request: Request, model: str) -> Response:
+        body = await json_body(request)
+        params = body.get("parameters", {}) if isinstance(body, dict) else {}
+        await core.unload_model(model, params if isinstance(params, dict) else {})
+        return Response(b"", status_code=200)
+
+    async def named_repository(repository: str, model: str) -> Response:
+        raise unsupported("'repository_name' specification is not supported")
+
+    app.add_api_route("/v2/repository/{repository}/models/{model}/load", named_repository, methods=["POST"])
+    app.add_api_route("/v2/repository/{repository}/models/{model}/unload", named_repository, methods=["POST"])
+
+    if extra_routes is not None:
+        extra_routes(app, core)
+    return app
+
+
+class _UnsupportedEncoding(Exception):
+    def __init__(self, error: ServerError) -> None:
+        self.error = error
+
+
+def _header_length(value: str | None, body_length: int) -> int | None:
+    if value is None:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        raise invalid_arg(f"Unable to parse inference header size, got: {value}") from None
+    if length < 0 or length > body_length or length > 2**31 - 1:
+        raise invalid_arg(
+            f"inference header size should be in range (0, {body_length}), got: {length}"
+        )
+    return length
+
+
+Handler = Callable[..., Awaitable[Response]]

@@ -1,0 +1,86 @@
+"""The frozen, hot-path view of a loaded model's configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.tensors import CONFIG_TO_WIRE
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    datatype: str  # wire datatype, e.g. "FP32"
+    dims: tuple[int, ...]  # without the batch dim
+    optional: bool = False
+    allow_ragged_batch: bool = False
+    reshape: tuple[int, ...] | None = None
+    labels: tuple[str, ...] = ()
+
+    @property
+    def variable(self) -> bool:
+        return any(d < 0 for d in self.dims)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelView:
+    name: str
+    version: str
+    platform: str
+    backend: str
+    max_batch_size: int
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    decoupled: bool = False
+    parameters: dict[str, str] = field(default_factory=dict)
+    # Inputs whose shapes must match for requests to share a batch.
+    shape_checked_inputs: tuple[str, ...] = ()
+
+    @property
+    def required_inputs(self) -> list[str]:
+        return [spec.name for spec in self.inputs.values() if not spec.optional]
+
+    def metadata_shape(self, spec: TensorSpec) -> list[int]:
+        dims = list(spec.dims)
+        return [-1, *dims] if self.max_batch_size > 0 else dims
+
+
+def build_view(config: Any, version: str, labels: dict[str, tuple[str, ...]]) -> ModelView:
+    """Freeze a normalized ModelConfig into plain Python values."""
+
+    def spec(tensor: Any, is_input: bool) -> TensorSpec:
+        reshape = tuple(tensor.reshape.shape) if tensor.HasField("reshape") else None
+        return TensorSpec(
+            name=tensor.name,
+            datatype=CONFIG_TO_WIRE.get(config_type_name(tensor.data_type), "INVALID"),
+            dims=tuple(int(d) for d in tensor.dims),
+            optional=bool(getattr(tensor, "optional", False)) if is_input else False,
+            allow_ragged_batch=bool(getattr(tensor, "allow_ragged_batch", False)) if is_input else False,
+            reshape=reshape,
+            labels=labels.get(tensor.name, ()),
+        )
+
+    inputs = {t.name: spec(t, True) for t in config.input}
+    outputs = {t.name: spec(t, False) for t in config.output}
+    checked = tuple(
+        name for name, s in inputs.items() if s.variable and not s.allow_ragged_batch
+    )
+    return ModelView(
+        name=config.name,
+        version=version,
+        platform=config.platform,
+        backend=config.backend,
+        max_batch_size=int(config.max_batch_size),
+        inputs=inputs,
+        outputs=outputs,
+        decoupled=bool(config.model_transaction_policy.decoupled),
+        parameters={k: v.string_value for k, v in config.parameters.items()},
+        shape_checked_inputs=checked,
+    )
+
+
+def config_type_name(value: int) -> str:
+    from server.protocol.generated import model_config_pb2
+
+    return model_config_pb2.DataType.Name(value)

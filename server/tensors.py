@@ -1,0 +1,179 @@
+"""Datatypes and tensor byte layouts shared by every codec and backend.
+
+Wire datatypes are Triton's strings ("FP32", "BYTES", ...). Numeric tensors are numpy arrays
+with explicit little-endian dtypes; BYTES tensors are object arrays of ``bytes``. The binary
+layout of BYTES is Triton's: each element a 4-byte little-endian length, then the bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+
+from server.errors import invalid_arg
+
+try:  # BF16 has no numpy dtype of its own; ml_dtypes gives one when installed.
+    from ml_dtypes import bfloat16 as _bfloat16
+
+    _BF16_DTYPE = np.dtype(_bfloat16)
+except ImportError:  # pragma: no cover - depends on the environment
+    _BF16_DTYPE = np.dtype("<u2")
+
+BYTES = "BYTES"
+
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BF16": _BF16_DTYPE,
+    "BYTES": np.dtype(object),
+}
+
+ELEMENT_SIZE: dict[str, int] = {
+    name: dtype.itemsize for name, dtype in NUMPY_DTYPES.items() if name != BYTES
+}
+
+# config.pbtxt DataType enum names <-> wire datatypes.
+CONFIG_TO_WIRE: dict[str, str] = {
+    "TYPE_BOOL": "BOOL",
+    "TYPE_UINT8": "UINT8",
+    "TYPE_UINT16": "UINT16",
+    "TYPE_UINT32": "UINT32",
+    "TYPE_UINT64": "UINT64",
+    "TYPE_INT8": "INT8",
+    "TYPE_INT16": "INT16",
+    "TYPE_INT32": "INT32",
+    "TYPE_INT64": "INT64",
+    "TYPE_FP16": "FP16",
+    "TYPE_FP32": "FP32",
+    "TYPE_FP64": "FP64",
+    "TYPE_STRING": "BYTES",
+    "TYPE_BF16": "BF16",
+}
+WIRE_TO_CONFIG: dict[str, str] = {wire: cfg for cfg, wire in CONFIG_TO_WIRE.items()}
+
+_NUMPY_KIND_TO_WIRE: dict[tuple[str, int], str] = {
+    ("b", 1): "BOOL",
+    ("u", 1): "UINT8",
+    ("u", 2): "UINT16",
+    ("u", 4): "UINT32",
+    ("u", 8): "UINT64",
+    ("i", 1): "INT8",
+    ("i", 2): "INT16",
+    ("i", 4): "INT32",
+    ("i", 8): "INT64",
+    ("f", 2): "FP16",
+    ("f", 4): "FP32",
+    ("f", 8): "FP64",
+}
+
+
+def wire_datatype_of(array: np.ndarray) -> str:
+    """The wire datatype that carries ``array`` (object, str and bytes arrays are BYTES)."""
+    dtype = array.dtype
+    if dtype.name == "bfloat16":
+        return "BF16"
+    if dtype.kind in ("O", "S", "U"):
+        return BYTES
+    try:
+        return _NUMPY_KIND_TO_WIRE[(dtype.kind, dtype.itemsize)]
+    except KeyError:
+        raise invalid_arg(f"unsupported numpy datatype {dtype}") from None
+
+
+def element_count(shape: Sequence[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """Flatten a BYTES tensor into Triton's length-prefixed layout."""
+    parts: list[bytes] = []
+    pack = struct.Struct("<I").pack
+    for item in array.ravel(order="C"):
+        if isinstance(item, str):
+            item = item.encode("utf-8")
+        elif not isinstance(item, (bytes, bytearray, memoryview)):
+            item = str(item).encode("utf-8")
+        parts.append(pack(len(item)))
+        parts.append(bytes(item))
+    return b"".join(parts)
+
+
+def deserialize_bytes(buffer: bytes | memoryview, count: int, name: str) -> np.ndarray:
+    """Parse ``count`` length-prefixed elements; the buffer must hold exactly those."""
+    view = memoryview(buffer)
+    total = len(view)
+    items: list[bytes] = []
+    offset = 0
+    unpack = struct.Struct("<I").unpack_from
+    for _ in range(count):
+        if offset + 4 > total:
+            raise invalid_arg(
+                f"unexpected number of string elements {len(items)} for inference input "
+                f"'{name}', expecting {count}"
+            )
+        (length,) = unpack(view, offset)
+        offset += 4
+        if offset + length > total:
+            raise invalid_arg(
+                f"element byte size indicated by string length prefix {length} for input "
+                f"'{name}' exceeds the remaining {total - offset} bytes of the tensor"
+            )
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    if offset != total:
+        raise invalid_arg(
+            f"unexpected number of string elements for inference input '{name}': "
+            f"{total - offset} bytes remain after {count} elements"
+        )
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array
+
+
+def from_buffer(buffer: bytes | memoryview, datatype: str, shape: Sequence[int], name: str) -> np.ndarray:
+    """Build a tensor from raw little-endian bytes, checking the byte size exactly."""
+    count = element_count(shape)
+    if datatype == BYTES:
+        return deserialize_bytes(buffer, count, name).reshape(shape)
+    dtype = NUMPY_DTYPES.get(datatype)
+    if dtype is None:
+        raise invalid_arg(f"invalid datatype '{datatype}' for input '{name}'")
+    expected = count * dtype.itemsize
+    if len(buffer) != expected:
+        raise invalid_arg(
+            f"input byte size mismatch for input '{name}', expected {expected} bytes, "
+            f"got {len(buffer)} bytes"
+        )
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def to_bytes(array: np.ndarray, datatype: str) -> bytes | memoryview:
+    """The raw wire bytes of a tensor (a zero-copy view where the layout allows)."""
+    if datatype == BYTES:
+        return serialize_bytes(array)
+    dtype = NUMPY_DTYPES[datatype]
+    if array.dtype != dtype:
+        array = array.astype(dtype)
+    array = np.ascontiguousarray(array)
+    return memoryview(array.reshape(-1).view(np.uint8)) if array.size else b""
+
+
+def byte_size(array: np.ndarray, datatype: str) -> int:
+    if datatype == BYTES:
+        return sum(4 + len(item if isinstance(item, bytes) else str(item).encode()) for item in array.ravel())
+    return array.size * ELEMENT_SIZE[datatype]

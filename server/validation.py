@@ -1,0 +1,108 @@
+"""Checks every request once against the model's frozen view, with Triton's messages."""
+
+from __future__ import annotations
+
+from server.errors import invalid_arg, unsupported
+from server.repository.view import ModelView
+from server.types import InferRequest
+
+
+def request_prefix(request: InferRequest) -> str:
+    return f"[request id: {request.id or '<id_unknown>'}] "
+
+
+def validate_request(request: InferRequest, view: ModelView) -> None:
+    """Fill ``batch_size`` and raise INVALID_ARG on anything the model cannot take."""
+    prefix = request_prefix(request)
+    name = view.name
+    inputs = view.inputs
+    given = {t.name for t in request.inputs}
+    if len(given) != len(request.inputs):
+        raise invalid_arg(f"{prefix}input tensors must have unique names for model '{name}'")
+    for tensor in request.inputs:
+        if tensor.name not in inputs:
+            raise invalid_arg(f"{prefix}unexpected inference input '{tensor.name}' for model '{name}'")
+    required = [n for n, spec in inputs.items() if not spec.optional]
+    missing = [n for n in required if n not in given]
+    if missing:
+        got = "', '".join(t.name for t in request.inputs)
+        raise invalid_arg(
+            f"{prefix}expected {len(required)} inputs but got {len(request.inputs)} inputs for model "
+            f"'{name}'. Got input(s) ['{got}'], but missing required input(s) ['"
+            + "', '".join(missing)
+            + "']. Please provide all required input(s)."
+        )
+    batch = 0
+    max_batch = view.max_batch_size
+    for tensor in request.inputs:
+        spec = inputs[tensor.name]
+        if tensor.datatype != spec.datatype:
+            raise invalid_arg(
+                f"{prefix}inference input '{tensor.name}' data-type is '{tensor.datatype}', but model "
+                f"'{name}' expects '{spec.datatype}'"
+            )
+        shape = tensor.shape
+        if any(d < 0 for d in shape):
+            raise invalid_arg(
+                f"{prefix}All input dimensions should be specified for input '{tensor.name}' for model "
+                f"'{name}', got {_fmt(shape)}"
+            )
+        if max_batch > 0:
+            if not shape:
+                _shape_error(prefix, tensor.name, name, view, spec.dims, shape)
+            this_batch, rest = shape[0], shape[1:]
+            if batch == 0:
+                batch = this_batch
+            elif this_batch != batch:
+                raise invalid_arg(
+                    f"{prefix}input '{tensor.name}' batch size does not match other inputs for '{name}'"
+                )
+        else:
+            rest = shape
+        if not _dims_match(spec.dims, rest):
+            _shape_error(prefix, tensor.name, name, view, spec.dims, shape)
+    if max_batch > 0:
+        if batch < 1 and request.inputs:
+            raise invalid_arg(f"{prefix}inference request batch-size must be >= 1 for '{name}'")
+        if batch > max_batch:
+            raise invalid_arg(f"{prefix}inference request batch-size must be <= {max_batch} for '{name}'")
+    request.batch_size = max(batch, 1)
+    if request.outputs is not None:
+        seen: set[str] = set()
+        for output in request.outputs:
+            if output.name not in view.outputs:
+                raise invalid_arg(f"{prefix}unexpected inference output '{output.name}' for model '{name}'")
+            if output.name in seen:
+                raise invalid_arg(f"{prefix}output '{output.name}' requested more than once for model '{name}'")
+            seen.add(output.name)
+    if view.decoupled and request.response_queue is None:
+        raise unsupported(
+            f"{prefix}ModelInfer RPC doesn't support models with decoupled transaction policy"
+        )
+
+
+def _dims_match(dims: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    if len(dims) != len(shape):
+        return False
+    return all(d == -1 or d == s for d, s in zip(dims, shape, strict=True))
+
+
+def _fmt(shape: tuple[int, ...] | list[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _shape_error(prefix: str, tensor: str, model: str, view: ModelView, dims: tuple[int, ...], shape: tuple[int, ...]) -> None:
+    expected = list(dims)
+    message = (
+        f"{prefix}unexpected shape for input '{tensor}' for model '{model}'. Expected "
+        f"{_fmt(([-1] + expected) if view.max_batch_size > 0 else expected)}, got {_fmt(shape)}"
+    )
+    if view.max_batch_size > 0:
+        message += (
+            ". NOTE: Setting a non-zero max_batch_size in the model config requires a batch "
+            "dimension to be prepended to each input shape. If you want to specify the full "
+            "shape including the batch dim in your input dims config, try setting "
+            "max_batch_size to zero. See the model configuration docs for more info on "
+            "max_batch_size."
+        )
+    raise invalid_arg(message)
