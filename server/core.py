@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +133,61 @@ class Core:
             raise
         stats.record_success(request.request_start_ns, time.monotonic_ns())
         return response
+
+    async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse | ServerError]:
+        """Every response of one request as it is produced: exactly one for ordinary models,
+        any number for decoupled ones. Errors after the first response arrive in-band as
+        ServerError items; an error before any response is raised."""
+        loaded = self.manager.get(request.model_name, request.model_version)
+        view = _view(loaded)
+        if not view.decoupled:
+            yield await self.infer(request)
+            return
+        if not request.request_start_ns:
+            request.request_start_ns = time.monotonic_ns()
+        if self.exiting and not self.accepting:
+            raise unavailable("Server exiting")
+        scheduler, stats = loaded.scheduler, loaded.stats
+        if scheduler is None or stats is None:
+            raise unavailable(
+                f"Request for unknown model: '{request.model_name}' version {loaded.version} is not at ready state"
+            )
+        queue: asyncio.Queue[InferResponse | BaseException | None] = asyncio.Queue()
+        request.response_queue = queue
+        from server.validation import validate_request
+
+        validate_request(request, view)
+        execution = asyncio.ensure_future(scheduler.submit(request))
+        failed = False
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:  # the final flag
+                    break
+                if isinstance(item, ServerError):
+                    failed = True
+                    yield item
+                elif isinstance(item, BaseException):
+                    failed = True
+                    yield ServerError(Code.INTERNAL, str(item))
+                else:
+                    yield item
+            await execution
+        except ServerError:
+            stats.record_failure(request.request_start_ns, time.monotonic_ns(), "BACKEND")
+            raise
+        finally:
+            if not execution.done():
+                request.cancelled = True
+                execution.cancel()
+        if failed:
+            stats.record_failure(request.request_start_ns, time.monotonic_ns(), "BACKEND")
+        else:
+            stats.record_success(request.request_start_ns, time.monotonic_ns())
+
+    def build_response(self, request: InferRequest, view: ModelView, outputs: dict[str, Any]) -> InferResponse:
+        """Public for backends that produce responses themselves (decoupled models)."""
+        return self._build_response(request, view, outputs)
 
     def _build_response(self, request: InferRequest, view: ModelView, outputs: dict[str, Any]) -> InferResponse:
         tensors: list[OutputTensor] = []
