@@ -1,0 +1,150 @@
+"""SIGTERM under load: readiness falls first, accepted requests all finish, exit code 0."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from tests.harness import run_server
+from tests.models import write_python_model
+
+SLOW_MODEL = '''
+import time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        time.sleep(0.2)
+        responses = []
+        for request in requests:
+            data = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", data)]))
+        return responses
+'''
+
+SLOW_CONFIG = """
+name: "slow"
+backend: "python"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
+instance_group [ { kind: KIND_CPU count: 1 } ]
+"""
+
+
+def _status(url: str, path: str) -> int | None:
+    host, port = url.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def _infer(url: str, value: float) -> np.ndarray:
+    client = httpclient.InferenceServerClient(url, network_timeout=60)
+    data = np.full((1, 4), value, dtype=np.float32)
+    tensor = httpclient.InferInput("INPUT0", [1, 4], "FP32")
+    tensor.set_data_from_numpy(data)
+    return client.infer("slow", [tensor]).as_numpy("OUTPUT0")
+
+
+@pytest.fixture()
+def slow_repo(tmp_path: Path) -> Path:
+    write_python_model(tmp_path, "slow", SLOW_MODEL, SLOW_CONFIG)
+    return tmp_path
+
+
+def test_sigterm_drains_accepted_requests_after_readiness_falls(slow_repo: Path) -> None:
+    args = ["--model-repository", str(slow_repo), "--exit-grace-secs", "1.5", "--exit-timeout-secs", "30"]
+    with run_server(args) as server:
+        url = server.http_url
+        results: dict[int, object] = {}
+
+        def worker(index: int) -> None:
+            try:
+                results[index] = _infer(url, float(index))
+            except Exception as exc:  # recorded, asserted below
+                results[index] = exc
+
+        # Eight requests on one instance that takes 0.2 s per execution: about 1.6 s of work.
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while "slow" not in _pending_models(url) and time.monotonic() < deadline:
+            pass
+        server.proc.send_signal(signal.SIGTERM)
+
+        # Readiness falls while the listener still answers.
+        deadline = time.monotonic() + 5
+        ready_status = _status(url, "/v2/health/ready")
+        while ready_status == 200 and time.monotonic() < deadline:
+            ready_status = _status(url, "/v2/health/ready")
+        assert ready_status is not None and ready_status != 200
+
+        # During the grace period a new request is still accepted and served.
+        late = _infer(url, 42.0)
+        np.testing.assert_array_equal(late, np.full((1, 4), 42.0, dtype=np.float32))
+
+        for thread in threads:
+            thread.join(60)
+        for index in range(8):
+            outcome = results[index]
+            assert not isinstance(outcome, Exception), outcome
+            np.testing.assert_array_equal(outcome, np.full((1, 4), float(index), dtype=np.float32))
+        assert server.proc.wait(60) == 0
+
+
+def _pending_models(url: str) -> set[str]:
+    """Models with at least one request in flight, from the statistics extension."""
+    client = httpclient.InferenceServerClient(url)
+    stats = client.get_inference_statistics()["model_stats"]
+    busy = set()
+    for entry in stats:
+        if entry["inference_stats"]["queue"]["count"] > 0 or entry["execution_count"] > 0:
+            busy.add(entry["name"])
+    return busy
+
+
+def test_new_requests_are_refused_after_the_grace_period(slow_repo: Path) -> None:
+    args = ["--model-repository", str(slow_repo), "--exit-grace-secs", "0", "--exit-timeout-secs", "30"]
+    with run_server(args) as server:
+        url = server.http_url
+        holder: list[object] = []
+        # Four requests keep the single instance busy for about 0.8 s of draining.
+        threads = [threading.Thread(target=lambda: holder.append(_infer(url, 1.0))) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        while "slow" not in _pending_models(url):
+            pass
+        server.proc.send_signal(signal.SIGTERM)
+        # While the first request drains, new work gets Triton's 503 "Server exiting".
+        client = httpclient.InferenceServerClient(url)
+        tensor = httpclient.InferInput("INPUT0", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.zeros((1, 4), dtype=np.float32))
+        refused = None
+        deadline = time.monotonic() + 5
+        while refused is None and time.monotonic() < deadline:
+            try:
+                client.infer("slow", [tensor])
+            except Exception as exc:
+                refused = exc
+        for thread in threads:
+            thread.join(30)
+        assert len(holder) == 4 and all(isinstance(item, np.ndarray) for item in holder)
+        assert refused is not None
+        assert "Server exiting" in str(refused), refused
+        assert server.proc.wait(60) == 0
