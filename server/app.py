@@ -109,6 +109,7 @@ class ServerApp:
         self._grpc: Any = None
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[Any]] = []
+        self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -130,7 +131,7 @@ class ServerApp:
             if metrics_app is not None:
                 await self._serve_uvicorn(metrics_app(self.core, s), s.metrics_bind_address, s.metrics_port, "Metrics Service")
         if s.model_control_mode == "poll":
-            self._background.append(asyncio.create_task(self._poll()))
+            self._poller = asyncio.create_task(self._poll())
 
     async def _serve_uvicorn(self, app: Any, address: str, port: int, label: str) -> None:
         sock = bind_socket(address, port)
@@ -164,6 +165,8 @@ class ServerApp:
         s = self.settings
         log.info("shutting down: readiness is now false")
         self.core.exiting = True
+        if self._poller is not None:
+            self._poller.cancel()
         if s.exit_grace_secs > 0:
             await asyncio.sleep(s.exit_grace_secs)
         self.core.accepting = False
