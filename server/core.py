@@ -18,6 +18,7 @@ from server.repository.config import config_to_json_dict, parse_config_json
 from server.repository.manager import LoadedVersion, ModelManager
 from server.repository.view import ModelView
 from server.scheduler.base import failure_reason
+from server.shm import SharedMemoryRegistry, uses_shared_memory
 from server.tensors import wire_datatype_of
 from server.types import InferRequest, InferResponse, OutputTensor
 
@@ -44,6 +45,7 @@ class CoreOptions:
     server_id: str = "triton"
     strict_readiness: bool = True
     model_control_mode: str = "none"
+    allow_client_shm: bool = False
 
 
 class Core:
@@ -53,6 +55,8 @@ class Core:
         self.exiting = False
         self.accepting = True
         self.started = False
+        # Client shared memory is shared by both front ends; off unless --allow-client-shm.
+        self.shm = SharedMemoryRegistry(options.allow_client_shm)
 
     # --- health and metadata ---------------------------------------------------------
     def live(self) -> bool:
@@ -107,6 +111,14 @@ class Core:
 
     # --- inference -------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
+        if uses_shared_memory(request):
+            with self.shm.acquire(request) as lease:
+                response = await self._infer(request)
+                lease.write_outputs(response)
+                return response
+        return await self._infer(request)
+
+    async def _infer(self, request: InferRequest) -> InferResponse:
         if not request.request_start_ns:
             request.request_start_ns = time.monotonic_ns()
         if self.exiting and not self.accepting:
@@ -156,7 +168,13 @@ class Core:
         request.response_queue = queue
         from server.validation import validate_request
 
-        validate_request(request, view)
+        lease = self.shm.acquire(request) if uses_shared_memory(request) else None
+        try:
+            validate_request(request, view)
+        except ServerError:
+            if lease is not None:
+                lease.release()
+            raise
         execution = asyncio.ensure_future(scheduler.submit(request))
         failed = False
         try:
@@ -171,6 +189,13 @@ class Core:
                     failed = True
                     yield ServerError(Code.INTERNAL, str(item))
                 else:
+                    if lease is not None:
+                        try:
+                            lease.write_outputs(item)
+                        except ServerError as exc:
+                            failed = True
+                            yield exc
+                            continue
                     yield item
             await execution
         except ServerError:
@@ -180,6 +205,8 @@ class Core:
             if not execution.done():
                 request.cancelled = True
                 execution.cancel()
+            if lease is not None:
+                lease.release()
         if failed:
             stats.record_failure(request.request_start_ns, time.monotonic_ns(), "BACKEND")
         else:

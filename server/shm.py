@@ -1,0 +1,283 @@
+"""Client shared memory: the regions clients register, and tensors read from and written
+to them. Both front ends reach this through the core, so the checks and messages exist once.
+
+A region stays mapped while any request that resolved it is in flight: unregistering it
+removes the name at once (new requests no longer find it) and unmaps when the last such
+request ends.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.errors import Code, ServerError, invalid_arg, unsupported
+from server.tensors import BYTES, NUMPY_DTYPES, element_count, from_buffer, to_bytes
+from server.types import InferRequest, InferResponse
+
+REGION = "shared_memory_region"
+BYTE_SIZE = "shared_memory_byte_size"
+OFFSET = "shared_memory_offset"
+
+DISABLED_MESSAGE = (
+    "Client shared memory is disabled. Start the server with --allow-client-shm=true to "
+    "register and use shared memory regions"
+)
+
+
+@dataclass(eq=False)
+class SystemRegion:
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    buffer: mmap.mmap
+    users: int = 0
+    retired: bool = False
+
+    def view(self, offset: int, size: int) -> memoryview:
+        start = self.offset + offset
+        return memoryview(self.buffer)[start : start + size]
+
+    def close(self) -> None:
+        try:
+            self.buffer.close()
+        except BufferError:
+            # A tensor still views the mapping; it is unmapped when that tensor is freed.
+            pass
+
+
+@dataclass(eq=False)
+class _Binding:
+    region: SystemRegion
+    offset: int
+    byte_size: int
+
+
+@dataclass(eq=False)
+class Lease:
+    """The regions one request uses, held until the request ends."""
+
+    registry: SharedMemoryRegistry
+    regions: list[SystemRegion] = field(default_factory=list)
+    outputs: dict[str, _Binding] = field(default_factory=dict)
+
+    def write_outputs(self, response: InferResponse) -> None:
+        for tensor in response.outputs:
+            binding = self.outputs.get(tensor.name)
+            if binding is None:
+                continue
+            raw = to_bytes(tensor.data, tensor.datatype)
+            if len(raw) > binding.byte_size:
+                raise ServerError(
+                    Code.INTERNAL,
+                    f"shared memory size specified with the request for output '{tensor.name}' "
+                    f"({binding.byte_size} bytes) should be at least {len(raw)} bytes to hold the "
+                    "results",
+                )
+            binding.region.view(binding.offset, len(raw))[:] = raw
+
+    def release(self) -> None:
+        regions, self.regions = self.regions, []
+        self.registry._release(regions)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+def uses_shared_memory(request: InferRequest) -> bool:
+    for tensor in request.inputs:
+        if tensor.parameters and REGION in tensor.parameters:
+            return True
+    if request.outputs:
+        for output in request.outputs:
+            if output.parameters and REGION in output.parameters:
+                return True
+    return False
+
+
+class SharedMemoryRegistry:
+    def __init__(self, enabled: bool = False) -> None:
+        self.enabled = enabled
+        self._system: dict[str, SystemRegion] = {}
+        self._lock = threading.Lock()
+
+    def _check_enabled(self) -> None:
+        if not self.enabled:
+            raise unsupported(DISABLED_MESSAGE)
+
+    # --- system shared memory --------------------------------------------------------
+    def register_system(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self._check_enabled()
+        with self._lock:
+            if name in self._system:
+                raise ServerError(
+                    Code.ALREADY_EXISTS, f"shared memory region '{name}' already in manager"
+                )
+        buffer = _map(name, key, offset, byte_size)
+        with self._lock:
+            if name in self._system:
+                buffer.close()
+                raise ServerError(
+                    Code.ALREADY_EXISTS, f"shared memory region '{name}' already in manager"
+                )
+            self._system[name] = SystemRegion(name, key, offset, byte_size, buffer)
+
+    def system_status(self, name: str = "") -> list[dict[str, Any]]:
+        self._check_enabled()
+        with self._lock:
+            if name:
+                region = self._system.get(name)
+                if region is None:
+                    raise ServerError(
+                        Code.NOT_FOUND, f"Unable to find system shared memory region: '{name}'"
+                    )
+                regions = [region]
+            else:
+                regions = sorted(self._system.values(), key=lambda r: r.name)
+            return [
+                {"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
+                for r in regions
+            ]
+
+    def unregister_system(self, name: str = "") -> None:
+        """Unknown names are not an error, as in Triton."""
+        self._check_enabled()
+        with self._lock:
+            names = [name] if name else list(self._system)
+            closing = [self._system.pop(n) for n in names if n in self._system]
+            for region in closing:
+                region.retired = True
+            idle = [r for r in closing if r.users == 0]
+        for region in idle:
+            region.close()
+
+    # --- CUDA shared memory ------------------------------------------------------------
+    def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        self._check_enabled()
+        raise unsupported(
+            f"failed to register CUDA shared memory region '{name}': CUDA IPC is not available "
+            "on this server (no usable GPU); use system shared memory instead"
+        )
+
+    def cuda_status(self, name: str = "") -> list[dict[str, Any]]:
+        self._check_enabled()
+        if name:
+            raise ServerError(Code.NOT_FOUND, f"Unable to find cuda shared memory region: '{name}'")
+        return []
+
+    def unregister_cuda(self, name: str = "") -> None:
+        self._check_enabled()
+
+    # --- requests ----------------------------------------------------------------------
+    def acquire(self, request: InferRequest) -> Lease:
+        """Resolve every shared-memory input into a tensor and check every shared-memory
+        output, holding the regions until the lease is released."""
+        self._check_enabled()
+        lease = Lease(self)
+        try:
+            for tensor in request.inputs:
+                params = tensor.parameters
+                if not params or REGION not in params:
+                    continue
+                binding = self._bind(lease, tensor.name, params)
+                if tensor.datatype != BYTES and tensor.datatype in NUMPY_DTYPES:
+                    expected = element_count(tensor.shape) * NUMPY_DTYPES[tensor.datatype].itemsize
+                    if binding.byte_size != expected:
+                        raise invalid_arg(
+                            f"[request id: {request.id or '<id_unknown>'}] input byte size mismatch "
+                            f"for input '{tensor.name}' for model '{request.model_name}'. Expected "
+                            f"{expected}, got {binding.byte_size}"
+                        )
+                view = binding.region.view(binding.offset, binding.byte_size)
+                tensor.data = from_buffer(view, tensor.datatype, tensor.shape, tensor.name)
+            for output in request.outputs or ():
+                params = output.parameters
+                if not params or REGION not in params:
+                    continue
+                if params.get("classification"):
+                    raise invalid_arg(
+                        "Output can't set both 'shared_memory_region' and 'classification'"
+                    )
+                lease.outputs[output.name] = self._bind(lease, output.name, params)
+        except BaseException:
+            lease.release()
+            raise
+        return lease
+
+    def _bind(self, lease: Lease, tensor: str, params: dict[str, Any]) -> _Binding:
+        name = params.get(REGION)
+        if not isinstance(name, str):
+            raise invalid_arg(
+                f"invalid value type for '{REGION}' parameter for tensor '{tensor}', expected string"
+            )
+        size = params.get(BYTE_SIZE)
+        if size is None:
+            raise invalid_arg(
+                f"'{BYTE_SIZE}' must be specified along with '{REGION}' parameter for tensor '{tensor}'"
+            )
+        offset = params.get(OFFSET, 0)
+        for key, value in ((BYTE_SIZE, size), (OFFSET, offset)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise invalid_arg(
+                    f"invalid value for '{key}' parameter for tensor '{tensor}', expected a "
+                    "non-negative integer"
+                )
+        with self._lock:
+            region = self._system.get(name)
+            if region is None:
+                raise ServerError(Code.NOT_FOUND, f"Unable to find shared memory region: '{name}'")
+            if offset >= region.byte_size:
+                raise invalid_arg(f"Invalid offset for shared memory region: '{name}'")
+            if offset + size > region.byte_size:
+                raise invalid_arg(f"Invalid offset + byte size for shared memory region: '{name}'")
+            region.users += 1
+            lease.regions.append(region)
+        return _Binding(region, offset, size)
+
+    def _release(self, regions: Iterable[SystemRegion]) -> None:
+        idle: list[SystemRegion] = []
+        with self._lock:
+            for region in regions:
+                region.users -= 1
+                if region.retired and region.users == 0:
+                    idle.append(region)
+        for region in idle:
+            region.close()
+
+
+def _map(name: str, key: str, offset: int, byte_size: int) -> mmap.mmap:
+    path = _shm_path(key)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        raise ServerError(Code.INTERNAL, f"Unable to open shared memory region: '{key}'") from None
+    try:
+        size = os.fstat(fd).st_size
+        if byte_size == 0 or offset + byte_size > size:
+            raise invalid_arg(f"failed to register shared memory region '{name}': invalid args")
+        # Mapped from the start of the object: mmap offsets must be page-aligned, region
+        # offsets need not be, so views add the region offset instead.
+        return mmap.mmap(fd, offset + byte_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError as exc:
+        raise invalid_arg(
+            f"failed to register shared memory region '{name}': unable to process address space: "
+            f"{exc.strerror}"
+        ) from None
+    finally:
+        os.close(fd)
+
+
+def _shm_path(key: str) -> str:
+    """POSIX shm_open names live under /dev/shm on Linux; a key never names another path."""
+    stripped = key[1:] if key.startswith("/") else key
+    if not stripped or "/" in stripped or stripped in (".", ".."):
+        raise ServerError(Code.INTERNAL, f"Unable to open shared memory region: '{key}'")
+    return os.path.join("/dev/shm", stripped)
