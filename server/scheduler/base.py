@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from server.backends.base import ModelInstance, RequestOutputs, Timing
 from server.errors import Code, ServerError, internal, unavailable
@@ -37,7 +38,9 @@ def failure_reason(error: ServerError) -> str:
 class Scheduler(abc.ABC):
     """Runs requests on a model version's instances. ``submit`` resolves to the outputs."""
 
-    def __init__(self, view: ModelView, instances: Sequence[ModelInstance], stats: ModelStats) -> None:
+    def __init__(
+        self, view: ModelView, instances: Sequence[ModelInstance], stats: ModelStats
+    ) -> None:
         if not instances:
             raise internal(f"model '{view.name}' has no instances")
         self.view = view
@@ -57,7 +60,9 @@ class Scheduler(abc.ABC):
     async def submit(self, request: InferRequest) -> dict[str, object]:
         """Queue ``request`` and wait for its outputs; raises ServerError on failure."""
         if self._stopping:
-            raise unavailable("Server is stopping, scheduler for model has stopped accepting new inference requests")
+            raise unavailable(
+                "Server is stopping, scheduler for model has stopped accepting new inference requests"
+            )
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         future: asyncio.Future[dict[str, object]] = loop.create_future()
@@ -75,6 +80,8 @@ class Scheduler(abc.ABC):
             return await future
         except asyncio.CancelledError:
             request.cancelled = True
+            if self._withdraw(request):
+                self.stats.pending -= 1
             raise
         finally:
             self._inflight -= 1
@@ -90,7 +97,11 @@ class Scheduler(abc.ABC):
         try:
             await asyncio.wait_for(self._idle.wait(), drain_timeout)
         except asyncio.TimeoutError:
-            log.warning("model '%s': %d requests still in flight at shutdown", self.view.name, self._inflight)
+            log.warning(
+                "model '%s': %d requests still in flight at shutdown",
+                self.view.name,
+                self._inflight,
+            )
         self._fail_queued(unavailable("Server exiting"))
         self._executor.shutdown(wait=False, cancel_futures=True)
         for instance in self._instances:
@@ -113,11 +124,46 @@ class Scheduler(abc.ABC):
     def _fail_queued(self, error: ServerError) -> None:
         """Fail every request still queued."""
 
+    def _withdraw(self, request: InferRequest) -> bool:
+        """Take a request whose caller went away out of the queue at once; True when it
+        was still queued. By default it stays and is skipped when the batch is formed."""
+        return False
+
     def _complete_error(self, request: InferRequest, error: ServerError) -> None:
         """Finish a request that never reached an instance (cancelled, timed out, rejected)."""
         self.stats.pending -= 1
-        if request.future is not None and not request.future.done():
-            request.future.set_exception(error)
+        self._resolve(request, error)
+
+    def _resolve(self, request: InferRequest, result: RequestOutputs) -> None:
+        """Hand one request its outcome; schedulers that order responses override this."""
+        future = request.future
+        if future is None or future.done():
+            return
+        if isinstance(result, ServerError):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+    def _execute(
+        self, instance: ModelInstance, batch: list[InferRequest], timing: Timing
+    ) -> list[Execution]:
+        """Run one batch in an executor thread. Returns every execution it took (one here;
+        more where a scheduler re-runs parts of a failed batch), so each is counted."""
+        try:
+            results = instance.execute(batch, timing)
+        except ServerError as exc:
+            results = [exc] * len(batch)
+        except Exception as exc:  # a backend bug must not lose the requests
+            log.exception("model '%s': execution failed", self.view.name)
+            results = [internal(str(exc))] * len(batch)
+        timing.output_end_ns = timing.output_end_ns or time.monotonic_ns()
+        if len(results) != len(batch):
+            message = (
+                f"model '{self.view.name}' returned {len(results)} responses "
+                f"for {len(batch)} requests"
+            )
+            results = [internal(message)] * len(batch)
+        return [Execution(batch, timing, results)]
 
     # --- dispatch ------------------------------------------------------------------
     _wake_handle: asyncio.TimerHandle | None = None
@@ -154,46 +200,49 @@ class Scheduler(abc.ABC):
             self.stats.pending -= 1
             self.stats.record_queue(request.queue_start_ns, timing.compute_start_ns)
         assert self._loop is not None
-        task = self._loop.run_in_executor(self._executor, _run, instance, batch, timing)
-        task.add_done_callback(lambda done: self._finish(instance, batch, timing, done))
+        task = self._loop.run_in_executor(self._executor, self._execute, instance, batch, timing)
+        task.add_done_callback(lambda done: self._finish(instance, batch, done))
 
     def _finish(
         self,
         instance: ModelInstance,
         batch: list[InferRequest],
-        timing: Timing,
-        done: asyncio.Future[list[RequestOutputs]],
+        done: asyncio.Future[list[Execution]],
     ) -> None:
         self._free.append(instance)
         try:
-            results = done.result()
-        except ServerError as exc:
-            results = [exc] * len(batch)
-        except Exception as exc:  # a backend bug must not lose the requests
-            log.exception("model '%s': execution failed", self.view.name)
-            results = [internal(str(exc))] * len(batch)
-        if len(results) != len(batch):
-            results = [internal(f"model '{self.view.name}' returned {len(results)} responses for {len(batch)} requests")] * len(batch)
+            executions = done.result()
+        except BaseException as exc:  # the executor itself failed, e.g. it was shut down
+            error = (
+                exc if isinstance(exc, ServerError) else internal(str(exc) or type(exc).__name__)
+            )
+            executions = [Execution(batch, Timing(), [error] * len(batch))]
+        for execution in executions:
+            self._record(execution)
+            for request, result in zip(execution.batch, execution.results, strict=True):
+                self._resolve(request, result)
+        self._dispatch()
+
+    def _record(self, execution: Execution) -> None:
+        timing = execution.timing
         timing.output_end_ns = timing.output_end_ns or time.monotonic_ns()
         if not timing.input_end_ns:
             timing.input_end_ns = timing.compute_start_ns
         if not timing.infer_end_ns:
             timing.infer_end_ns = timing.input_end_ns
-        if any(not isinstance(r, ServerError) for r in results):
-            executed = [(req, res) for req, res in zip(batch, results, strict=True) if not isinstance(res, ServerError)]
-            self.stats.record_execution(sum(r.batch_size for r, _ in executed) or 1, len(executed), timing)
-        for request, result in zip(batch, results, strict=True):
-            future = request.future
-            if future is None or future.done():
-                continue
-            if isinstance(result, ServerError):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-        self._dispatch()
+        executed = [
+            request.batch_size
+            for request, result in zip(execution.batch, execution.results, strict=True)
+            if not isinstance(result, ServerError)
+        ]
+        if executed:
+            self.stats.record_execution(sum(executed) or 1, len(executed), timing)
 
 
-def _run(instance: ModelInstance, batch: list[InferRequest], timing: Timing) -> list[RequestOutputs]:
-    results = instance.execute(batch, timing)
-    timing.output_end_ns = time.monotonic_ns()
-    return results
+@dataclass(slots=True)
+class Execution:
+    """One run of the model: the requests it took, its timing marks, one result each."""
+
+    batch: list[InferRequest]
+    timing: Timing
+    results: list[RequestOutputs]
