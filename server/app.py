@@ -203,6 +203,7 @@ def _optional(module: str, attribute: str) -> Any:
 
 async def serve(settings: Settings) -> int:
     core = build_core(settings)
+    core.activate()
     failed = await load_initial_models(core, settings)
     if failed and settings.exit_on_error:
         log.error("exiting: failed to load model(s) %s (use --exit-on-error=false to serve the others)", ", ".join(failed))

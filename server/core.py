@@ -24,6 +24,10 @@ from server.types import InferRequest, InferResponse, OutputTensor
 
 log = logging.getLogger(__name__)
 
+# The core serving this process, once ``Core.activate`` ran on its event loop. Backends that
+# call back into the core from executor threads (the Python backend's BLS) find it here.
+current: Core | None = None
+
 EXTENSIONS = [
     "classification",
     "model_repository",
@@ -55,8 +59,15 @@ class Core:
         self.exiting = False
         self.accepting = True
         self.started = False
+        self.loop: asyncio.AbstractEventLoop | None = None
         # Client shared memory is shared by both front ends; off unless --allow-client-shm.
         self.shm = SharedMemoryRegistry(options.allow_client_shm)
+
+    def activate(self) -> None:
+        """Record the running event loop and make this the process's current core."""
+        global current
+        self.loop = asyncio.get_running_loop()
+        current = self
 
     # --- health and metadata ---------------------------------------------------------
     def live(self) -> bool:
