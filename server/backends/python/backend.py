@@ -1,0 +1,256 @@
+"""The Python backend: runs ``<version>/model.py`` files written for Triton, unmodified.
+
+Model code runs in this process, on the scheduler's executor threads (one per instance), so a
+request costs a function call rather than the stub process and shared-memory copies that
+Triton uses; ``bench/python_backend_overhead.py`` measures the difference. The event loop
+never runs model code, so a slow or hung model stalls only its own instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import itertools
+import json
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from google.protobuf import json_format
+
+from server.backends.base import Backend, InstanceSpec, ModelInstance, RequestOutputs, Timing
+from server.backends.python import pb_utils
+from server.backends.python.autocomplete import ModelConfig
+from server.backends.python.messages import InferenceResponse
+from server.backends.python.request import (
+    InferenceRequest,
+    InferenceResponseSender,
+    response_outputs,
+)
+from server.errors import ServerError, internal, invalid_arg, unavailable
+from server.repository.view import ModelView
+from server.types import InferRequest, InferResponse, OutputTensor
+
+log = logging.getLogger(__name__)
+
+MODULE_NAME = "triton_python_backend_utils"
+_module_ids = itertools.count()
+_import_lock = threading.Lock()
+
+
+def install_module() -> None:
+    """Make ``import triton_python_backend_utils`` give this server's implementation."""
+    sys.modules.setdefault(MODULE_NAME, pb_utils)
+
+
+def import_model(path: Path, label: str) -> ModuleType:
+    """Import one ``model.py`` as a module of its own, so instances do not share globals."""
+    install_module()
+    name = f"_triton_model_{label}_{next(_module_ids)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise unavailable(f"unable to import '{path}'")
+    module = importlib.util.module_from_spec(spec)
+    with _import_lock:
+        # Triton puts the version directory on the path so a model can import its neighbours.
+        folder = str(path.parent)
+        if folder not in sys.path:
+            sys.path.append(folder)
+        spec.loader.exec_module(module)
+    return module
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _model_class(module: ModuleType, path: Path) -> Any:
+    cls = getattr(module, "TritonPythonModel", None)
+    if cls is None:
+        raise unavailable(f"'{path}' does not define the class TritonPythonModel")
+    return cls
+
+
+class PythonBackend(Backend):
+    name = "python"
+
+    def autocomplete(self, config: Any, model_dir: Path, version_dir: Path | None) -> None:
+        from server.repository.config import config_to_json_dict
+
+        if version_dir is None:
+            return
+        path = self.model_file(config, version_dir)
+        if not path.is_file():
+            return
+        try:
+            cls = _model_class(import_model(path, f"{config.name}_autocomplete"), path)
+        except ServerError:
+            return
+        except Exception as exc:
+            raise invalid_arg(f"failed to import '{path}': {_describe(exc)}") from None
+        hook = getattr(cls, "auto_complete_config", None)
+        if hook is None:
+            return
+        try:
+            result = hook(ModelConfig(config_to_json_dict(config)))
+        except Exception as exc:
+            raise invalid_arg(
+                f"auto_complete_config of model '{config.name}' failed: {_describe(exc)}"
+            ) from None
+        if not isinstance(result, ModelConfig):
+            raise invalid_arg(
+                f"auto_complete_config of model '{config.name}' must return the ModelConfig it "
+                f"was given, got {type(result).__name__}"
+            )
+        completed = type(config)()
+        try:
+            json_format.ParseDict(result.as_dict(), completed)
+        except (json_format.ParseError, ValueError) as exc:
+            raise invalid_arg(
+                f"auto_complete_config of model '{config.name}' produced an invalid configuration: {exc}"
+            ) from None
+        config.CopyFrom(completed)
+
+    def load(self, config: Any, view: ModelView, version_dir: Path, instance: InstanceSpec) -> ModelInstance:
+        from server.repository.config import config_to_json_dict
+
+        path = self.model_file(config, version_dir)
+        if not path.is_file():
+            raise unavailable(f"unable to find '{path}' for model '{config.name}'")
+        if "EXECUTION_ENV_PATH" in view.parameters:
+            log.warning(
+                "model '%s': EXECUTION_ENV_PATH is ignored; the model runs in the server's environment",
+                config.name,
+            )
+        try:
+            module = import_model(path, f"{config.name}_{view.version}_{instance.name}")
+            model = _model_class(module, path)()
+            args = {
+                "model_config": json.dumps(config_to_json_dict(config)),
+                "model_instance_kind": instance.kind,
+                "model_instance_name": instance.name,
+                "model_instance_device_id": str(max(instance.device_id, 0)),
+                "model_repository": str(version_dir.parent),
+                "model_version": view.version,
+                "model_name": config.name,
+            }
+            initialize = getattr(model, "initialize", None)
+            if initialize is not None:
+                initialize(args)
+        except ServerError:
+            raise
+        except Exception as exc:
+            log.error("model '%s' failed to initialize:\n%s", config.name, traceback.format_exc())
+            raise unavailable(f"Failed to initialize model '{config.name}': {_describe(exc)}") from None
+        return PythonInstance(model, view, instance)
+
+
+class PythonInstance(ModelInstance):
+    def __init__(self, model: Any, view: ModelView, instance: InstanceSpec) -> None:
+        self._model = model
+        self._view = view
+        self._name = instance.name
+        self._is_async = inspect.iscoroutinefunction(getattr(model, "execute", None))
+        # Coroutine ``execute`` methods run on a loop of this instance's own, never the server's.
+        self._loop = asyncio.new_event_loop() if self._is_async else None
+
+    def execute(self, requests: Sequence[InferRequest], timing: Timing) -> list[RequestOutputs]:
+        view = self._view
+        senders = [InferenceResponseSender(r, view.decoupled, self._converter(r)) for r in requests]
+        wrapped = [InferenceRequest.incoming(r, view, s) for r, s in zip(requests, senders, strict=True)]
+        timing.input_end_ns = time.monotonic_ns()
+        try:
+            if self._loop is not None:
+                result = self._loop.run_until_complete(self._model.execute(wrapped))
+            else:
+                result = self._model.execute(wrapped)
+        except Exception as exc:
+            timing.infer_end_ns = time.monotonic_ns()
+            log.error("model '%s' raised in execute:\n%s", view.name, traceback.format_exc())
+            error = internal(
+                f"Failed to process the request(s) for model instance '{self._name}', "
+                f"message: {_describe(exc)}"
+            )
+            return self._fail(senders, error)
+        timing.infer_end_ns = time.monotonic_ns()
+        if view.decoupled:
+            if result is not None:
+                return self._fail(senders, internal(
+                    f"the execute function of decoupled model '{view.name}' must return None; "
+                    "responses go through the response sender"
+                ))
+            return [{} for _ in requests]
+        if result is None:
+            result = [s.captured for s in senders]
+        if not isinstance(result, (list, tuple)) or len(result) != len(requests):
+            count = len(result) if isinstance(result, (list, tuple)) else type(result).__name__
+            return [internal(
+                f"model '{view.name}' must return a list of {len(requests)} responses from "
+                f"execute, got {count}"
+            )] * len(requests)
+        return [response_outputs(response, view) for response in result]
+
+    def _fail(self, senders: list[InferenceResponseSender], error: ServerError) -> list[RequestOutputs]:
+        if not self._view.decoupled:
+            return [error] * len(senders)
+        # A stream learns of the failure in-band; the request itself completes.
+        for sender in senders:
+            sender.fail(error)
+        return [{} for _ in senders]
+
+    def _converter(self, request: InferRequest) -> Any:
+        view = self._view
+
+        def convert(response: InferenceResponse, final: bool) -> InferResponse | ServerError:
+            outputs = response_outputs(response, view)
+            if isinstance(outputs, ServerError):
+                return outputs
+            try:
+                built = _build(request, view, outputs)
+            except ServerError as exc:
+                return exc
+            built.final = final
+            return built
+
+        return convert
+
+    def unload(self) -> None:
+        finalize = getattr(self._model, "finalize", None)
+        try:
+            if finalize is not None:
+                if inspect.iscoroutinefunction(finalize) and self._loop is not None:
+                    self._loop.run_until_complete(finalize())
+                else:
+                    finalize()
+        except Exception:
+            log.exception("model '%s': finalize failed", self._view.name)
+        finally:
+            if self._loop is not None:
+                self._loop.close()
+
+
+def _build(request: InferRequest, view: ModelView, outputs: dict[str, Any]) -> InferResponse:
+    from server import core as core_module
+
+    core = core_module.current
+    if core is not None:
+        return core.build_response(request, view, outputs)
+    tensors = [
+        OutputTensor(name, view.outputs[name].datatype if name in view.outputs else "BYTES",
+                     tuple(array.shape), array)
+        for name, array in outputs.items()
+    ]
+    return InferResponse(request.model_name, view.version, tensors, request.id)
+
+
+def create_backend() -> Backend:
+    install_module()
+    return PythonBackend()
+

@@ -1,0 +1,199 @@
+"""``Tensor`` and the datatype helpers of the Python-backend model API.
+
+Model code sees tensors as numpy arrays; BYTES tensors are object arrays of ``bytes``, the
+way models written for Triton expect them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from server.tensors import CONFIG_TO_WIRE, NUMPY_DTYPES, wire_datatype_of
+
+# Integer codes of TRITONSERVER_DataType, which models compare against.
+_TYPE_CODES: dict[str, int] = {
+    "BOOL": 1,
+    "UINT8": 2,
+    "UINT16": 3,
+    "UINT32": 4,
+    "UINT64": 5,
+    "INT8": 6,
+    "INT16": 7,
+    "INT32": 8,
+    "INT64": 9,
+    "FP16": 10,
+    "FP32": 11,
+    "FP64": 12,
+    "BYTES": 13,
+    "BF16": 14,
+}
+_CODE_TO_WIRE = {code: wire for wire, code in _TYPE_CODES.items()}
+
+
+def triton_string_to_numpy(triton_type_string: str) -> type:
+    """``"TYPE_FP32"`` -> ``np.float32``; ``"TYPE_STRING"`` -> ``np.object_``."""
+    wire = CONFIG_TO_WIRE.get(triton_type_string)
+    if wire is None:
+        raise ValueError(f"unknown model configuration data type '{triton_type_string}'")
+    return NUMPY_DTYPES[wire].type
+
+
+def triton_to_numpy_type(data_type: int) -> type | None:
+    wire = _CODE_TO_WIRE.get(int(data_type))
+    return NUMPY_DTYPES[wire].type if wire is not None else None
+
+
+def numpy_to_triton_type(data_type: Any) -> int | None:
+    try:
+        dtype = np.dtype(data_type)
+    except TypeError:
+        return None
+    if dtype.kind in "OSU":
+        return _TYPE_CODES["BYTES"]
+    try:
+        return _TYPE_CODES[wire_datatype_of(np.empty(0, dtype))]
+    except Exception:
+        return None
+
+
+def as_bytes_array(array: np.ndarray) -> np.ndarray:
+    """Any string-like array as an object array of ``bytes``, the form BYTES tensors take."""
+    if array.dtype == np.object_ and all(isinstance(x, bytes) for x in array.flat):
+        return array
+    out = np.empty(array.shape, dtype=np.object_)
+    for index, item in np.ndenumerate(array):
+        if isinstance(item, bytes):
+            out[index] = item
+        elif isinstance(item, str):
+            out[index] = item.encode("utf-8")
+        elif isinstance(item, np.bytes_):
+            out[index] = bytes(item)
+        else:
+            out[index] = str(item).encode("utf-8")
+    return out
+
+
+def serialize_byte_tensor(input_tensor: np.ndarray) -> np.ndarray:
+    """Pack a BYTES tensor into its flat wire layout (4-byte little-endian length + bytes)."""
+    if input_tensor.size == 0:
+        return np.empty([0], dtype=np.object_)
+    parts: list[bytes] = []
+    for item in as_bytes_array(np.asarray(input_tensor)).flat:
+        parts.append(len(item).to_bytes(4, "little"))
+        parts.append(item)
+    packed = np.empty([1], dtype=np.object_)
+    packed[0] = b"".join(parts)
+    return packed
+
+
+def deserialize_bytes_tensor(encoded_tensor: bytes) -> np.ndarray:
+    """Unpack the wire layout back into an object array of ``bytes``."""
+    data = bytes(encoded_tensor)
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(data):
+        length = int.from_bytes(data[offset : offset + 4], "little")
+        offset += 4
+        items.append(data[offset : offset + length])
+        offset += length
+    out = np.empty([len(items)], dtype=np.object_)
+    out[:] = items
+    return out
+
+
+class Tensor:
+    """A named tensor. ``Tensor(name, numpy_array)`` as models build them."""
+
+    __slots__ = ("_name", "_array", "_datatype")
+
+    def __init__(self, name: str, data: Any) -> None:
+        if not isinstance(name, str):
+            raise TypeError("Tensor name must be a string")
+        array = data if isinstance(data, np.ndarray) else np.asarray(data)
+        if array.dtype.kind in "OSU":
+            array = as_bytes_array(array)
+            datatype = "BYTES"
+        else:
+            datatype = wire_datatype_of(array)
+        self._name = name
+        self._array = array
+        self._datatype = datatype
+
+    @classmethod
+    def _wrap(cls, name: str, array: np.ndarray, datatype: str) -> Tensor:
+        """A tensor around an array the server already decoded, without re-checking it."""
+        tensor = cls.__new__(cls)
+        tensor._name = name
+        tensor._array = array
+        tensor._datatype = datatype
+        return tensor
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+    def shape(self) -> list[int]:
+        return list(self._array.shape)
+
+    def triton_dtype(self) -> int:
+        return _TYPE_CODES.get(self._datatype, 0)
+
+    def datatype(self) -> str:
+        return self._datatype
+
+    def is_cpu(self) -> bool:
+        return True
+
+    def to_dlpack(self) -> Any:
+        if self._datatype == "BYTES":
+            raise ValueError("DLPack does not carry BYTES tensors")
+        return _writable(self._array).__dlpack__()
+
+    def __dlpack__(self, stream: Any = None) -> Any:
+        return self.to_dlpack()
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU, device 0
+
+    @staticmethod
+    def from_dlpack(name: str, capsule: Any) -> Tensor:
+        """From any object that speaks DLPack (torch, cupy, numpy), or a raw capsule."""
+        if hasattr(capsule, "__dlpack__"):
+            holder: Any = capsule
+            device = getattr(capsule, "__dlpack_device__", lambda: (1, 0))()
+            if device[0] != 1:
+                # Device tensors are copied to the host: every backend path here reads numpy.
+                holder = capsule.cpu() if hasattr(capsule, "cpu") else capsule
+        else:
+            holder = _CapsuleHolder(capsule)
+        return Tensor(name, np.from_dlpack(holder))
+
+    def __repr__(self) -> str:
+        return f"Tensor(name={self._name!r}, datatype={self._datatype}, shape={self.shape()})"
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    # numpy refuses to export read-only arrays through DLPack; decoded inputs are read-only.
+    return array if array.flags.writeable else array.copy()
+
+
+class _CapsuleHolder:
+    """Lets ``np.from_dlpack`` take a bare PyCapsule, which only has the old protocol."""
+
+    def __init__(self, capsule: Any) -> None:
+        self._capsule = capsule
+
+    def __dlpack__(self, stream: Any = None, **_: Any) -> Any:
+        return self._capsule
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)
+
+
+def tensors_by_name(tensors: Sequence[Tensor]) -> dict[str, Tensor]:
+    return {t.name(): t for t in tensors}
