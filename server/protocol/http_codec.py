@@ -179,6 +179,8 @@ def _decode_output(item: Any) -> RequestedOutput:
     params = item.get("parameters") or {}
     if not isinstance(params, dict):
         raise invalid_arg(f"unable to parse 'parameters' of output '{item['name']}'")
+    if params.get("shared_memory_region") is not None and params.get("binary_data"):
+        raise invalid_arg("Output can't set both 'shared_memory_region' and 'binary_data'")
     classification = params.get("classification")
     if classification is not None and (isinstance(classification, bool) or not isinstance(classification, int) or classification < 0):
         raise invalid_arg(f"unable to parse 'classification' of output '{item['name']}'")
@@ -194,6 +196,9 @@ def encode_infer_response(response: InferResponse, request: InferRequest) -> tup
         params = tensor.parameters
         binary = bool(params.get("binary_data", default_binary)) if params else default_binary
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if params and "shared_memory_region" in params:
+            outputs_json.append(entry)  # the data went to the client's region
+            continue
         out_params = {k: v for k, v in params.items() if k not in ("binary_data", "classification")} if params else {}
         if binary:
             raw = to_bytes(tensor.data, tensor.datatype)

@@ -1,0 +1,130 @@
+"""HTTP routes of Triton's shared-memory, trace and logging extensions. The state behind
+them (``core.shm``, ``server.runtime_settings``) is shared with the gRPC front end."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from server import runtime_settings
+from server.core import Core
+from server.errors import invalid_arg
+from server.protocol.http_codec import parse_json
+
+
+def _json(payload: Any) -> Response:
+    return Response(orjson.dumps(payload), media_type="application/json")
+
+
+def _ok() -> Response:
+    return Response(b"", status_code=200)
+
+
+async def _object(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if not body:
+        return {}
+    document = parse_json(body)
+    if not isinstance(document, dict):
+        raise invalid_arg("failed to parse the request JSON buffer: expected a JSON object")
+    return document
+
+
+def _field(document: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
+    value = document.get(key, default)
+    if value is None:
+        raise invalid_arg(f"Shared memory register request has no '{key}' field")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise invalid_arg(
+            f"Shared memory register request field '{key}' must be a non-negative integer"
+        )
+    if kind is str and not isinstance(value, str):
+        raise invalid_arg(f"Shared memory register request field '{key}' must be a string")
+    return value
+
+
+def register(app: FastAPI, core: Core) -> None:
+    shm = core.shm
+
+    # --- system shared memory -------------------------------------------------------
+    async def system_status(region: str = "") -> Response:
+        return _json(shm.system_status(region))
+
+    async def system_register(request: Request, region: str) -> Response:
+        body = await _object(request)
+        key = _field(body, "key", str)
+        byte_size = _field(body, "byte_size", int)
+        offset = _field(body, "offset", int, 0)
+        shm.register_system(region, key, offset, byte_size)
+        return _ok()
+
+    async def system_unregister(region: str = "") -> Response:
+        shm.unregister_system(region)
+        return _ok()
+
+    # --- CUDA shared memory ---------------------------------------------------------
+    async def cuda_status(region: str = "") -> Response:
+        return _json(shm.cuda_status(region))
+
+    async def cuda_register(request: Request, region: str) -> Response:
+        body = await _object(request)
+        handle = body.get("raw_handle")
+        encoded = handle.get("b64") if isinstance(handle, dict) else None
+        if not isinstance(encoded, str):
+            raise invalid_arg("Shared memory register request has no 'raw_handle' field")
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise invalid_arg(
+                "'raw_handle' must be a valid base64 encoded cudaIpcMemHandle_t"
+            ) from None
+        device_id = _field(body, "device_id", int)
+        byte_size = _field(body, "byte_size", int)
+        shm.register_cuda(region, raw, device_id, byte_size)
+        return _ok()
+
+    async def cuda_unregister(region: str = "") -> Response:
+        shm.unregister_cuda(region)
+        return _ok()
+
+    for kind, status, register_region, unregister in (
+        ("system", system_status, system_register, system_unregister),
+        ("cuda", cuda_status, cuda_register, cuda_unregister),
+    ):
+        base = f"/v2/{kind}sharedmemory"
+        app.add_api_route(f"{base}/status", status, methods=["GET"])
+        app.add_api_route(f"{base}/region/{{region}}/status", status, methods=["GET"])
+        app.add_api_route(f"{base}/region/{{region}}/register", register_region, methods=["POST"])
+        app.add_api_route(f"{base}/unregister", unregister, methods=["POST"])
+        app.add_api_route(f"{base}/region/{{region}}/unregister", unregister, methods=["POST"])
+
+    # --- trace ----------------------------------------------------------------------
+    async def get_trace(model: str = "") -> Response:
+        runtime_settings.check_trace_model(core, model)
+        return _json(runtime_settings.for_core(core).trace.get(model))
+
+    async def post_trace(request: Request, model: str = "") -> Response:
+        runtime_settings.check_trace_model(core, model)
+        changes = await _object(request)
+        return _json(runtime_settings.for_core(core).trace.update(changes, model))
+
+    app.add_api_route("/v2/trace/setting", get_trace, methods=["GET"])
+    app.add_api_route("/v2/trace/setting", post_trace, methods=["POST"])
+    app.add_api_route("/v2/models/{model}/trace/setting", get_trace, methods=["GET"])
+    app.add_api_route("/v2/models/{model}/trace/setting", post_trace, methods=["POST"])
+
+    # --- logging --------------------------------------------------------------------
+    async def get_logging() -> Response:
+        return _json(runtime_settings.for_core(core).logging.as_dict())
+
+    async def post_logging(request: Request) -> Response:
+        changes = await _object(request)
+        return _json(runtime_settings.for_core(core).logging.update(changes))
+
+    app.add_api_route("/v2/logging", get_logging, methods=["GET"])
+    app.add_api_route("/v2/logging", post_logging, methods=["POST"])

@@ -1,0 +1,251 @@
+"""KServe v2 gRPC messages <-> InferRequest / InferResponse.
+
+Inputs arrive as ``raw_input_contents`` (decoded with ``np.frombuffer``, no copy beyond the
+one protobuf makes) or as typed ``contents``; never both in one request. Responses always
+carry ``raw_output_contents``, one entry per output, as Triton's server does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from server.errors import invalid_arg
+from server.protocol.generated import grpc_service_pb2 as pb
+from server.shm import BYTE_SIZE, REGION
+from server.tensors import BYTES, NUMPY_DTYPES, element_count, from_buffer, to_bytes
+from server.types import InferInput, InferRequest, InferResponse, RequestedOutput
+
+FINAL_RESPONSE = "triton_final_response"
+EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
+_ALLOWED_TRITON_KEYS = (EMPTY_FINAL_RESPONSE,)
+_EMPTY = np.empty(0, dtype=np.uint8)
+
+# Which typed-contents field carries each datatype, and the datatype a field names in errors.
+_CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_FIELD_DATATYPE: dict[str, str] = {
+    "bool_contents": "BOOL",
+    "int_contents": "INT32",
+    "int64_contents": "INT64",
+    "uint_contents": "UINT32",
+    "uint64_contents": "UINT64",
+    "fp32_contents": "FP32",
+    "fp64_contents": "FP64",
+    "bytes_contents": "BYTES",
+}
+_PARAM_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
+    "priority": (("int64_param", "uint64_param"), "int64_param or uint64_param"),
+    "timeout": (("int64_param", "uint64_param"), "int64_param or uint64_param"),
+    "sequence_id": (("int64_param", "uint64_param", "string_param"), "int64_param or string_param"),
+    "sequence_start": (("bool_param",), "bool_param"),
+    "sequence_end": (("bool_param",), "bool_param"),
+}
+
+
+def parameters_to_dict(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``map<string, InferParameter>`` as plain Python values."""
+    result: dict[str, Any] = {}
+    for key, param in params.items():
+        which = param.WhichOneof("parameter_choice")
+        result[key] = getattr(param, which) if which else None
+    return result
+
+
+def set_parameters(target: Any, values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+        param = target[key]
+        if isinstance(value, bool):
+            param.bool_param = value
+        elif isinstance(value, int):
+            if value > 2**63 - 1:
+                param.uint64_param = value
+            else:
+                param.int64_param = value
+        elif isinstance(value, float):
+            param.double_param = value
+        else:
+            param.string_param = str(value)
+
+
+def decode_infer_request(message: Any) -> InferRequest:
+    model = message.model_name
+    request = InferRequest(model_name=model, model_version=message.model_version, id=message.id)
+    if message.parameters:
+        _apply_request_parameters(request, message.parameters)
+    raw = message.raw_input_contents
+    use_raw = len(raw) > 0
+    raw_index = 0
+    inputs = request.inputs
+    for tensor in message.inputs:
+        name = tensor.name
+        datatype = tensor.datatype
+        dims = tuple(tensor.shape)
+        params = parameters_to_dict(tensor.parameters) if tensor.parameters else {}
+        has_contents = tensor.HasField("contents")
+        if REGION in params:
+            _check_shm_parameters(tensor.parameters, name)
+            if has_contents:
+                raise invalid_arg(
+                    f"unexpected 'content' provided when using shared memory for input tensor "
+                    f"'{name}' for model '{model}'"
+                )
+            inputs.append(InferInput(name, datatype, dims, _EMPTY, params))
+            continue
+        if use_raw:
+            if has_contents:
+                raise invalid_arg(
+                    f"contents field must not be specified when using raw_input_contents for "
+                    f"'{name}' for model '{model}'"
+                )
+            if raw_index >= len(raw):
+                raise _missing_data(name, model)
+            buffer = raw[raw_index]
+            raw_index += 1
+            # Negative dims are reported by validation, with the model's context.
+            data = _EMPTY if any(d < 0 for d in dims) else from_buffer(buffer, datatype, dims, name)
+        elif has_contents:
+            data = _from_contents(tensor.contents, datatype, dims, name, model)
+        else:
+            raise _missing_data(name, model)
+        inputs.append(InferInput(name, datatype, dims, data, params))
+    if message.outputs:
+        request.outputs = [_decode_output(o) for o in message.outputs]
+    return request
+
+
+def _missing_data(name: str, model: str) -> Exception:
+    return invalid_arg(
+        f"unable to find data for input tensor '{name}' for model '{model}' in request."
+    )
+
+
+def _apply_request_parameters(request: InferRequest, params: Mapping[str, Any]) -> None:
+    values: dict[str, Any] = {}
+    for key, param in params.items():
+        which = param.WhichOneof("parameter_choice")
+        if key.startswith("triton_") and key not in _ALLOWED_TRITON_KEYS:
+            raise invalid_arg(
+                "parameter keys starting with 'triton_' are reserved for Triton usage. Only the "
+                "following keys starting with 'triton_' are allowed: "
+                + ", ".join(_ALLOWED_TRITON_KEYS)
+            )
+        typed = _PARAM_TYPES.get(key)
+        if typed is not None and which not in typed[0]:
+            raise invalid_arg(f"invalid value type for '{key}' parameter, expected {typed[1]}.")
+        value = getattr(param, which) if which else None
+        if key == "priority":
+            request.priority = max(int(value), 0)
+        elif key == "timeout":
+            request.timeout_us = max(int(value), 0)
+        values[key] = value
+    request.parameters = values
+
+
+def _check_shm_parameters(params: Mapping[str, Any], name: str) -> None:
+    region = params[REGION].WhichOneof("parameter_choice")
+    if region != "string_param":
+        raise invalid_arg(
+            f"invalid value type for '{REGION}' parameter for tensor '{name}', expected string_param."
+        )
+    size = params[BYTE_SIZE].WhichOneof("parameter_choice") if BYTE_SIZE in params else None
+    if size is None:
+        raise invalid_arg(
+            f"'{BYTE_SIZE}' must be specified along with '{REGION}' parameter for tensor '{name}'"
+        )
+    if size not in ("int64_param", "uint64_param"):
+        raise invalid_arg(
+            f"invalid value type for '{BYTE_SIZE}' parameter for tensor '{name}', expected "
+            "int64_param or uint64_param."
+        )
+
+
+def _from_contents(
+    contents: Any, datatype: str, dims: tuple[int, ...], name: str, model: str
+) -> np.ndarray:
+    expected_field = _CONTENTS_FIELD.get(datatype)
+    for field, _ in contents.ListFields():
+        if field.name != expected_field:
+            shown = datatype if datatype in NUMPY_DTYPES else "<invalid>"
+            raise invalid_arg(
+                f"unexpected explicit tensor data for input tensor '{name}' for model '{model}' of "
+                f"type '{_FIELD_DATATYPE[field.name]}', expected datatype '{shown}'"
+            )
+    if expected_field is None:
+        # FP16 and BF16 have no typed field; an empty contents message lands here.
+        raise _missing_data(name, model)
+    if any(d < 0 for d in dims):
+        return _EMPTY
+    values = getattr(contents, expected_field)
+    count = element_count(dims)
+    if datatype == BYTES:
+        if len(values) != count:
+            raise invalid_arg(
+                f"unexpected number of string elements {len(values)} for inference input "
+                f"'{name}', expecting {count}"
+            )
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(dims)
+    dtype = NUMPY_DTYPES[datatype]
+    if len(values) != count:
+        raise invalid_arg(
+            f"input byte size mismatch for input '{name}', expected {count * dtype.itemsize} "
+            f"bytes, got {len(values) * dtype.itemsize} bytes"
+        )
+    try:
+        return np.asarray(values, dtype=dtype).reshape(dims)
+    except OverflowError:
+        raise invalid_arg(f"values of input '{name}' do not fit datatype {datatype}") from None
+
+
+def _decode_output(output: Any) -> RequestedOutput:
+    params = parameters_to_dict(output.parameters) if output.parameters else {}
+    if REGION in params:
+        _check_shm_parameters(output.parameters, output.name)
+    return RequestedOutput(output.name, params)
+
+
+def encode_infer_response(response: InferResponse, extra: Mapping[str, Any] | None = None) -> Any:
+    message = pb.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    raws: list[bytes] = []
+    outputs = message.outputs
+    for tensor in response.outputs:
+        entry = outputs.add()
+        entry.name = tensor.name
+        entry.datatype = tensor.datatype
+        entry.shape.extend(tensor.shape)
+        if tensor.parameters and REGION in tensor.parameters:
+            raws.append(b"")  # written to the client's region; the slot stays for the index
+            continue
+        raw = to_bytes(tensor.data, tensor.datatype)
+        raws.append(raw if isinstance(raw, bytes) else raw.tobytes())
+    message.raw_output_contents.extend(raws)
+    if response.parameters:
+        set_parameters(message.parameters, response.parameters)
+    if extra:
+        set_parameters(message.parameters, extra)
+    return message
+
+
+def encode_stream_error(request_id: str, error_message: str) -> Any:
+    """An in-band stream error: the message, and a response that keeps only the id."""
+    return pb.ModelStreamInferResponse(
+        error_message=error_message, infer_response=pb.ModelInferResponse(id=request_id)
+    )
