@@ -130,6 +130,13 @@ class OnnxRuntimeBackend(Backend):
             raise
         except Exception as exc:
             raise unavailable(f"failed to load model '{config.name}': {exc}") from None
+        if instance.kind == "GPU" and "CUDAExecutionProvider" not in session.get_providers():
+            # onnxruntime quietly falls back to the CPU when CUDA cannot start; an instance
+            # placed on a GPU must not.
+            raise unavailable(
+                f"instance '{instance.name}' of model '{config.name}' could not start onnxruntime's "
+                f"CUDA provider on device {instance.device_id} ({instance.device_uuid})"
+            )
         return OnnxRuntimeInstance(session, view)
 
 

@@ -69,6 +69,7 @@ class ModelManager:
         self._scheduler_factory = scheduler_factory
         self._autocomplete = autocomplete
         self._devices = devices
+        self.devices = devices
         self._config_name = config_name
         self.models: dict[str, ModelEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -191,7 +192,7 @@ class ModelManager:
             entry.versions = new
             entry.state, entry.reason = "", ""
             entry.mtime = _tree_mtime(entry.path)
-            for number, loaded in old.items():
+            for loaded in old.values():
                 await self._retire(name, loaded)
             for loaded in new.values():
                 if loaded.state == READY:
@@ -248,6 +249,8 @@ class ModelManager:
         backend_holder: dict[str, Any] = {}
 
         def autocomplete(config: Any, directory: Path) -> None:
+            # Before normalization resolves KIND_AUTO, so the CPU fallback can be logged.
+            backend_holder["auto_groups"] = _auto_groups(config)
             backend = get_backend(config.backend) if config.backend else None
             backend_holder["backend"] = backend
             if backend is not None and self._autocomplete:
@@ -269,6 +272,9 @@ class ModelManager:
                 raise
             raise
         cfg.log_unused_fields(config)
+        if not gpus:
+            for group in backend_holder.get("auto_groups", ()):
+                log.info("model '%s': instance group '%s' is KIND_AUTO and no usable GPU was found; running it on CPU", name, group)
         backend = backend_holder.get("backend")
         if backend is None:
             raise invalid_arg(f"unable to determine the backend of model '{name}'")
@@ -287,7 +293,7 @@ class ModelManager:
                 instances = [backend.load(config, view, version_dir, spec) for spec in specs]
                 prepared[number] = (view, instances, specs, time.monotonic() - started)
                 for spec in specs:
-                    where = spec.kind if spec.kind != "GPU" else f"GPU {spec.device_id} ({spec.device_uuid})"
+                    where = spec.kind if spec.kind != "GPU" else _describe_gpu(spec, gpus)
                     log.info("model '%s' version %d instance '%s' on %s", name, number, spec.name, where)
             except ServerError as exc:
                 prepared[number] = exc
@@ -338,13 +344,38 @@ def instance_specs(config: Any, gpus: Sequence[Any]) -> list[InstanceSpec]:
                 device = gpus[gpu]
                 for index in range(group.count):
                     specs.append(
-                        InstanceSpec(f"{group.name}_{gpu}_{index}", group.name, "GPU", gpu, device.uuid, device.name)
+                        InstanceSpec(
+                            f"{group.name}_{gpu}_{index}",
+                            group.name,
+                            "GPU",
+                            gpu,
+                            device.uuid,
+                            getattr(device, "display_name", device.name),
+                        )
                     )
         else:
             kind = "MODEL" if group.kind == mc.ModelInstanceGroup.KIND_MODEL else "CPU"
             for index in range(group.count):
                 specs.append(InstanceSpec(f"{group.name}_{index}", group.name, kind))
     return specs
+
+
+def _auto_groups(config: Any) -> list[str]:
+    from server.protocol.generated import model_config_pb2 as mc
+
+    if not config.instance_group:
+        return [f"{config.name}_0"]
+    return [
+        group.name or f"{config.name}_{index}"
+        for index, group in enumerate(config.instance_group)
+        if group.kind == mc.ModelInstanceGroup.KIND_AUTO
+    ]
+
+
+def _describe_gpu(spec: InstanceSpec, gpus: Sequence[Any]) -> str:
+    device = gpus[spec.device_id] if 0 <= spec.device_id < len(gpus) else None
+    describe = getattr(device, "describe", None)
+    return describe() if callable(describe) else f"GPU {spec.device_id} ({spec.device_uuid})"
 
 
 def _read_labels(config: Any, model_dir: Path) -> dict[str, tuple[str, ...]]:

@@ -1,0 +1,1 @@
+"""Prometheus metrics: Triton's ``nv_*`` families and this server's own extras."""
