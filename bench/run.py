@@ -1,0 +1,199 @@
+"""Run the benchmark: every scenario against every server, repeated, then the table and plot.
+
+    .venv/bin/python bench/run.py --all                 # everything, 3 repeats (about 30 min)
+    .venv/bin/python bench/run.py --quick               # 1 repeat, short runs (a smoke test)
+    .venv/bin/python bench/run.py --group identity --target ours --target mlserver
+
+Servers run one at a time; each repeat starts each server afresh and runs all its scenarios,
+so a drift in the machine's background load touches every server alike. Results go to
+bench/results/ (raw runs under raw/, git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import measure, models, report, scenarios  # noqa: E402
+from bench.targets import TARGETS, Target  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH.parent
+    ).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "commit": rev,
+    }
+
+
+def ort_limit(cache: Path, seconds: float) -> dict[str, Any]:
+    """In a subprocess, so nothing of it stays in this process's memory or threads."""
+    command = [
+        sys.executable,
+        str(BENCH / "ort_limit.py"),
+        "--cache",
+        str(cache),
+        "--seconds",
+        str(seconds),
+    ]
+    for stem in ("identity", "mlp", "heavy"):
+        command += ["--model", stem]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return {row["model"]: row for row in map(json.loads, done.stdout.splitlines())}
+
+
+def run_target(
+    target: Target,
+    chosen: list[scenarios.Scenario],
+    args: argparse.Namespace,
+    repeat: int,
+    sink: Any,
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    started = time.monotonic()
+    target.start()
+    print(
+        f"  {target.name} ready in {time.monotonic() - started:.1f}s (pid {target.pid})", flush=True
+    )
+    try:
+        for scenario in chosen:
+            model = target.model_for(scenario.model, scenario.concurrency)
+            if (
+                target.name not in scenario.targets
+                or model is None
+                or scenario.protocol not in target.protocols
+            ):
+                continue
+            row: dict[str, Any] = {
+                "repeat": repeat,
+                "target": target.name,
+                "scenario": scenario.key,
+                "group": scenario.group,
+                "model": scenario.model,
+                "served_model": model,
+                "protocol": scenario.protocol,
+                "concurrency": scenario.concurrency,
+                "load1": os.getloadavg()[0],
+            }
+            try:
+                measure.check_answer(target, model, scenario)
+                row.update(
+                    measure.run(target, model, scenario, args.workdir, args.duration, args.warmup)
+                )
+            except Exception as exc:  # one broken scenario must not lose the others
+                row["failure"] = f"{type(exc).__name__}: {exc}"[:500]
+            rows.append(row)
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+            print("   ", report.one_line(row), flush=True)
+    finally:
+        target.stop()
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="every scenario and server (the default selection)"
+    )
+    parser.add_argument("--quick", action="store_true", help="1 repeat, 3 s runs, 1 s warm-up")
+    parser.add_argument(
+        "--group", action="append", choices=["identity", "identity_py", "mlp", "heavy"]
+    )
+    parser.add_argument("--protocol", action="append", choices=["http-json", "http-binary", "grpc"])
+    parser.add_argument("--target", action="append", choices=sorted(TARGETS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds of load before measuring"
+    )
+    parser.add_argument("--no-ort-limit", action="store_true")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bench-work"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("TMPDIR", "/tmp")) / "bench-models" / models.fingerprint(),
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.duration, args.warmup = 1, 3.0, 1.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    chosen = scenarios.select(
+        set(args.group or ()), set(args.protocol or ()), set(args.target or ())
+    )
+    names = [n for n in TARGETS if any(n in s.targets for s in chosen)]
+    targets: list[Target] = []
+    for name in names:
+        target = TARGETS[name](args.workdir, args.cache)
+        reason = target.available()
+        if reason:
+            print(f"skipping {name}: {reason}", flush=True)
+        else:
+            targets.append(target)
+    for stem in {s.spec.onnx_file for s in chosen} | {"identity", "mlp", "heavy"}:
+        models.onnx_path(args.cache, stem)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (args.out / "raw").mkdir(parents=True, exist_ok=True)
+    raw_path = args.out / "raw" / f"{stamp}.jsonl"
+    info = {
+        "machine": machine(),
+        "started": stamp,
+        "load_start": os.getloadavg(),
+        "settings": {"repeats": args.repeats, "duration_s": args.duration, "warmup_s": args.warmup},
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+    }
+    rows: list[dict[str, Any]] = []
+    limits: list[dict[str, Any]] = []
+    with open(raw_path, "w") as sink:
+        for repeat in range(args.repeats):
+            print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
+            for target in targets:
+                rows += run_target(target, chosen, args, repeat, sink)
+            if not args.no_ort_limit:
+                limit = ort_limit(args.cache, 1.0 if args.quick else 2.0)
+                limits.append(limit)
+                sink.write(json.dumps({"repeat": repeat, "ort_limit": limit}) + "\n")
+                print("   ort limit:", {m: round(v["best"]) for m, v in limit.items()}, flush=True)
+    info["load_end"] = os.getloadavg()
+    summary = report.summarize(rows, limits, info)
+    report.write(summary, args.out)
+    print((args.out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

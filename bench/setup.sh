@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One-time set-up of the benchmark's own tools, apart from the server's venv:
+# wrk from Debian, and MLServer 1.7.1 with ONNX Runtime and matplotlib in bench/.venv-mlserver.
+set -euo pipefail
+cd "$(dirname "$0")"
+if ! command -v wrk >/dev/null; then
+  apt-get update -q && apt-get install -y -q wrk
+fi
+if [ ! -x .venv-mlserver/bin/mlserver ]; then
+  python3 -m venv .venv-mlserver
+  # uvloop 0.22 makes asyncio.get_event_loop() raise in MLServer's worker processes.
+  .venv-mlserver/bin/pip install -q 'mlserver==1.7.1' onnxruntime matplotlib 'uvloop<0.22'
+fi
