@@ -1,0 +1,223 @@
+"""ModelInferRequest -> InferRequest and InferResponse -> ModelInferResponse, without a server."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from server.errors import Code, ServerError
+from server.protocol import grpc_codec
+from server.protocol.generated import grpc_service_pb2 as pb
+from server.tensors import serialize_bytes
+from server.types import InferResponse, OutputTensor
+
+Tensor = pb.ModelInferRequest.InferInputTensor
+
+
+def _request(
+    *inputs: Tensor, raw: list[bytes] | None = None, **kwargs: object
+) -> pb.ModelInferRequest:
+    return pb.ModelInferRequest(
+        model_name="m", inputs=list(inputs), raw_input_contents=raw or [], **kwargs
+    )
+
+
+def _error(message: pb.ModelInferRequest) -> ServerError:
+    with pytest.raises(ServerError) as info:
+        grpc_codec.decode_infer_request(message)
+    return info.value
+
+
+def test_raw_contents_become_arrays_of_the_declared_type_and_shape() -> None:
+    values = np.arange(6, dtype="<f4").reshape(2, 3)
+    request = grpc_codec.decode_infer_request(
+        _request(
+            Tensor(name="X", datatype="FP32", shape=[2, 3]),
+            raw=[values.tobytes()],
+            id="r1",
+            model_version="2",
+        )
+    )
+    assert (request.model_name, request.model_version, request.id) == ("m", "2", "r1")
+    [tensor] = request.inputs
+    assert tensor.shape == (2, 3) and tensor.data.dtype == np.dtype("<f4")
+    np.testing.assert_array_equal(tensor.data, values)
+    assert request.outputs is None
+
+
+@pytest.mark.parametrize(
+    ("datatype", "field", "values", "dtype"),
+    [
+        ("INT8", "int_contents", [-3, 4], np.int8),
+        ("INT32", "int_contents", [-3, 4], np.int32),
+        ("INT64", "int64_contents", [2**40, -1], np.int64),
+        ("UINT16", "uint_contents", [3, 65535], np.uint16),
+        ("UINT64", "uint64_contents", [2**63, 1], np.uint64),
+        ("FP64", "fp64_contents", [0.5, -2.25], np.float64),
+        ("BOOL", "bool_contents", [True, False], np.bool_),
+    ],
+)
+def test_typed_contents_per_datatype(
+    datatype: str, field: str, values: list[object], dtype: type
+) -> None:
+    tensor = Tensor(name="X", datatype=datatype, shape=[2])
+    getattr(tensor.contents, field).extend(values)
+    [decoded] = grpc_codec.decode_infer_request(_request(tensor)).inputs
+    assert decoded.data.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(decoded.data, np.array(values, dtype=dtype))
+
+
+def test_typed_bytes_contents() -> None:
+    tensor = Tensor(name="S", datatype="BYTES", shape=[1, 2])
+    tensor.contents.bytes_contents.extend([b"ab", b"\x00\xff"])
+    [decoded] = grpc_codec.decode_infer_request(_request(tensor)).inputs
+    assert decoded.data.shape == (1, 2) and decoded.data.tolist() == [[b"ab", b"\x00\xff"]]
+
+
+def test_raw_bytes_use_the_length_prefixed_layout() -> None:
+    raw = serialize_bytes(np.array([b"hello", b""], dtype=object))
+    [decoded] = grpc_codec.decode_infer_request(
+        _request(Tensor(name="S", datatype="BYTES", shape=[2]), raw=[raw])
+    ).inputs
+    assert decoded.data.tolist() == [b"hello", b""]
+
+
+def test_both_contents_kinds_in_one_request_is_invalid() -> None:
+    typed = Tensor(name="A", datatype="INT32", shape=[1])
+    typed.contents.int_contents.append(1)
+    error = _error(_request(typed, Tensor(name="B", datatype="INT32", shape=[1]), raw=[b"\0" * 4]))
+    assert error.code == Code.INVALID_ARG
+    assert (
+        error.message
+        == "contents field must not be specified when using raw_input_contents for 'A' for model 'm'"
+    )
+
+
+def test_missing_raw_entry_names_the_input() -> None:
+    error = _error(
+        _request(
+            Tensor(name="A", datatype="INT32", shape=[1]),
+            Tensor(name="B", datatype="INT32", shape=[1]),
+            raw=[b"\0" * 4],
+        )
+    )
+    assert error.message == "unable to find data for input tensor 'B' for model 'm' in request."
+
+
+def test_raw_size_mismatch_is_invalid() -> None:
+    error = _error(_request(Tensor(name="A", datatype="INT32", shape=[2]), raw=[b"\0" * 7]))
+    assert error.code == Code.INVALID_ARG and "'A'" in error.message and "8" in error.message
+
+
+def test_bytes_prefix_that_overruns_is_invalid() -> None:
+    error = _error(
+        _request(
+            Tensor(name="S", datatype="BYTES", shape=[1]), raw=[struct.pack("<I", 100) + b"abc"]
+        )
+    )
+    assert error.code == Code.INVALID_ARG and "'S'" in error.message
+
+
+def test_typed_field_of_the_wrong_type_names_both_types() -> None:
+    tensor = Tensor(name="X", datatype="FP16", shape=[1])
+    tensor.contents.fp32_contents.append(1.0)
+    error = _error(_request(tensor))
+    assert error.message == (
+        "unexpected explicit tensor data for input tensor 'X' for model 'm' of type 'FP32', expected datatype 'FP16'"
+    )
+
+
+def test_typed_element_count_must_match_the_shape() -> None:
+    tensor = Tensor(name="X", datatype="INT32", shape=[3])
+    tensor.contents.int_contents.extend([1, 2])
+    assert _error(_request(tensor)).code == Code.INVALID_ARG
+    strings = Tensor(name="S", datatype="BYTES", shape=[2])
+    strings.contents.bytes_contents.append(b"x")
+    assert _error(_request(strings)).code == Code.INVALID_ARG
+
+
+def test_request_parameters_priority_timeout_and_reserved_keys() -> None:
+    message = _request(Tensor(name="X", datatype="INT32", shape=[1]), raw=[b"\0" * 4])
+    message.parameters["priority"].uint64_param = 2
+    message.parameters["timeout"].int64_param = 1500
+    message.parameters["custom"].string_param = "v"
+    message.parameters[grpc_codec.EMPTY_FINAL_RESPONSE].bool_param = True
+    request = grpc_codec.decode_infer_request(message)
+    assert (request.priority, request.timeout_us) == (2, 1500)
+    assert (
+        request.parameters["custom"] == "v"
+        and request.parameters[grpc_codec.EMPTY_FINAL_RESPONSE] is True
+    )
+
+    message.parameters["triton_other"].bool_param = True
+    assert "reserved for Triton usage" in _error(message).message
+    del message.parameters["triton_other"]
+    message.parameters["priority"].string_param = "high"
+    assert (
+        _error(message).message
+        == "invalid value type for 'priority' parameter, expected int64_param or uint64_param."
+    )
+
+
+def test_shared_memory_inputs_are_left_to_the_core_but_checked_for_shape_of_parameters() -> None:
+    tensor = Tensor(name="X", datatype="INT32", shape=[4])
+    tensor.parameters["shared_memory_region"].string_param = "r"
+    tensor.parameters["shared_memory_byte_size"].int64_param = 16
+    [decoded] = grpc_codec.decode_infer_request(_request(tensor)).inputs
+    assert decoded.parameters == {"shared_memory_region": "r", "shared_memory_byte_size": 16}
+    assert decoded.data.size == 0
+
+    del tensor.parameters["shared_memory_byte_size"]
+    assert "'shared_memory_byte_size' must be specified" in _error(_request(tensor)).message
+    tensor.parameters["shared_memory_byte_size"].int64_param = 16
+    tensor.contents.int_contents.extend([1, 2, 3, 4])
+    assert (
+        "unexpected 'content' provided when using shared memory" in _error(_request(tensor)).message
+    )
+
+
+def test_requested_outputs_keep_their_parameters() -> None:
+    message = _request(Tensor(name="X", datatype="INT32", shape=[1]), raw=[b"\0" * 4])
+    output = message.outputs.add(name="Y")
+    output.parameters["classification"].int64_param = 3
+    request = grpc_codec.decode_infer_request(message)
+    assert request.outputs is not None
+    assert [(o.name, o.classification) for o in request.outputs] == [("Y", 3)]
+
+
+def test_response_always_fills_raw_output_contents_in_output_order() -> None:
+    response = InferResponse(
+        "m",
+        "1",
+        [
+            OutputTensor("A", "INT32", (2,), np.array([1, 2], dtype=np.int32)),
+            OutputTensor("E", "FP32", (0,), np.empty(0, dtype=np.float32)),
+            OutputTensor("S", "BYTES", (1,), np.array([b"xyz"], dtype=object)),
+            OutputTensor(
+                "H", "INT32", (2,), np.array([5, 6], dtype=np.int32), {"shared_memory_region": "r"}
+            ),
+        ],
+        id="q",
+        parameters={"flag": True, "n": 3, "x": 0.5, "s": "t"},
+    )
+    message = grpc_codec.encode_infer_response(response, {grpc_codec.FINAL_RESPONSE: True})
+    assert (message.model_name, message.model_version, message.id) == ("m", "1", "q")
+    assert [o.name for o in message.outputs] == ["A", "E", "S", "H"]
+    assert list(message.outputs[0].shape) == [2] and message.outputs[2].datatype == "BYTES"
+    assert list(message.raw_output_contents) == [
+        np.array([1, 2], dtype="<i4").tobytes(),
+        b"",
+        struct.pack("<I", 3) + b"xyz",
+        b"",
+    ]
+    params = grpc_codec.parameters_to_dict(message.parameters)
+    assert params == {"flag": True, "n": 3, "x": 0.5, "s": "t", grpc_codec.FINAL_RESPONSE: True}
+    assert not message.outputs[0].HasField("contents")
+
+
+def test_stream_error_keeps_only_the_id() -> None:
+    item = grpc_codec.encode_stream_error("r9", "boom")
+    assert item.error_message == "boom"
+    assert item.infer_response == pb.ModelInferResponse(id="r9")
