@@ -11,8 +11,18 @@ from typing import Any
 
 from server.tensors import CONFIG_TO_WIRE
 
-_TENSOR_KEYS = {"name", "data_type", "dims", "optional", "format", "reshape", "label_filename",
-                "is_shape_tensor", "allow_ragged_batch", "is_non_linear_format_io"}
+_TENSOR_KEYS = {
+    "name",
+    "data_type",
+    "dims",
+    "optional",
+    "format",
+    "reshape",
+    "label_filename",
+    "is_shape_tensor",
+    "allow_ragged_batch",
+    "is_non_linear_format_io",
+}
 
 
 class ModelConfig:
@@ -26,7 +36,11 @@ class ModelConfig:
         return str(self._model_config.get("name", ""))
 
     def set_max_batch_size(self, max_batch_size: int) -> None:
-        if not isinstance(max_batch_size, int) or isinstance(max_batch_size, bool) or max_batch_size < 0:
+        if (
+            not isinstance(max_batch_size, int)
+            or isinstance(max_batch_size, bool)
+            or max_batch_size < 0
+        ):
             raise ValueError(
                 f"max_batch_size must be a non-negative integer for model '{self._name()}', "
                 f"got {max_batch_size!r}"
@@ -49,14 +63,18 @@ class ModelConfig:
 
     def set_model_transaction_policy(self, transaction_policy_dict: dict[str, Any]) -> None:
         if not isinstance(transaction_policy_dict, dict):
-            raise ValueError("the model transaction policy must be a dict, e.g. {'decoupled': True}")
+            raise ValueError(
+                "the model transaction policy must be a dict, e.g. {'decoupled': True}"
+            )
         unknown = set(transaction_policy_dict) - {"decoupled"}
         if unknown:
-            raise ValueError(f"unknown model transaction policy field(s): {', '.join(sorted(unknown))}")
+            raise ValueError(
+                f"unknown model transaction policy field(s): {', '.join(sorted(unknown))}"
+            )
         policy = self._model_config.setdefault("model_transaction_policy", {})
         policy["decoupled"] = bool(transaction_policy_dict.get("decoupled", False))
 
-    def add_input(self, input: dict[str, Any]) -> None:  # noqa: A002 - the API's own name
+    def add_input(self, input: dict[str, Any]) -> None:
         self._add_tensor("input", input)
 
     def add_output(self, output: dict[str, Any]) -> None:

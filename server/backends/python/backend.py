@@ -71,6 +71,12 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _frames(exc: BaseException) -> str:
+    """The model's frames, innermost first, as Triton's stub reports them."""
+    frames = traceback.extract_tb(exc.__traceback__)[1:]  # the first is this backend's call
+    return "".join(f"  {f.filename}({f.lineno}): {f.name}\n" for f in reversed(frames))
+
+
 def _model_class(module: ModuleType, path: Path) -> Any:
     cls = getattr(module, "TritonPythonModel", None)
     if cls is None:
@@ -118,7 +124,9 @@ class PythonBackend(Backend):
             ) from None
         config.CopyFrom(completed)
 
-    def load(self, config: Any, view: ModelView, version_dir: Path, instance: InstanceSpec) -> ModelInstance:
+    def load(
+        self, config: Any, view: ModelView, version_dir: Path, instance: InstanceSpec
+    ) -> ModelInstance:
         from server.repository.config import config_to_json_dict
 
         path = self.model_file(config, version_dir)
@@ -148,7 +156,9 @@ class PythonBackend(Backend):
             raise
         except Exception as exc:
             log.error("model '%s' failed to initialize:\n%s", config.name, traceback.format_exc())
-            raise unavailable(f"Failed to initialize model '{config.name}': {_describe(exc)}") from None
+            raise unavailable(
+                f"Failed to initialize model '{config.name}': {_describe(exc)}"
+            ) from None
         return PythonInstance(model, view, instance)
 
 
@@ -164,7 +174,9 @@ class PythonInstance(ModelInstance):
     def execute(self, requests: Sequence[InferRequest], timing: Timing) -> list[RequestOutputs]:
         view = self._view
         senders = [InferenceResponseSender(r, view.decoupled, self._converter(r)) for r in requests]
-        wrapped = [InferenceRequest.incoming(r, view, s) for r, s in zip(requests, senders, strict=True)]
+        wrapped = [
+            InferenceRequest.incoming(r, view, s) for r, s in zip(requests, senders, strict=True)
+        ]
         timing.input_end_ns = time.monotonic_ns()
         try:
             if self._loop is not None:
@@ -175,29 +187,36 @@ class PythonInstance(ModelInstance):
             timing.infer_end_ns = time.monotonic_ns()
             log.error("model '%s' raised in execute:\n%s", view.name, traceback.format_exc())
             error = internal(
-                f"Failed to process the request(s) for model instance '{self._name}', "
-                f"message: {_describe(exc)}"
+                f"Failed to process the request(s) for model '{self._name}', "
+                f"message: {_describe(exc)}\n\nAt:\n{_frames(exc)}"
             )
             return self._fail(senders, error)
         timing.infer_end_ns = time.monotonic_ns()
         if view.decoupled:
             if result is not None:
-                return self._fail(senders, internal(
-                    f"the execute function of decoupled model '{view.name}' must return None; "
-                    "responses go through the response sender"
-                ))
+                return self._fail(
+                    senders,
+                    internal(
+                        f"the execute function of decoupled model '{view.name}' must return None; "
+                        "responses go through the response sender"
+                    ),
+                )
             return [{} for _ in requests]
         if result is None:
             result = [s.captured for s in senders]
         if not isinstance(result, (list, tuple)) or len(result) != len(requests):
             count = len(result) if isinstance(result, (list, tuple)) else type(result).__name__
-            return [internal(
-                f"model '{view.name}' must return a list of {len(requests)} responses from "
-                f"execute, got {count}"
-            )] * len(requests)
+            return [
+                internal(
+                    f"model '{view.name}' must return a list of {len(requests)} responses from "
+                    f"execute, got {count}"
+                )
+            ] * len(requests)
         return [response_outputs(response, view) for response in result]
 
-    def _fail(self, senders: list[InferenceResponseSender], error: ServerError) -> list[RequestOutputs]:
+    def _fail(
+        self, senders: list[InferenceResponseSender], error: ServerError
+    ) -> list[RequestOutputs]:
         if not self._view.decoupled:
             return [error] * len(senders)
         # A stream learns of the failure in-band; the request itself completes.
@@ -243,8 +262,12 @@ def _build(request: InferRequest, view: ModelView, outputs: dict[str, Any]) -> I
     if core is not None:
         return core.build_response(request, view, outputs)
     tensors = [
-        OutputTensor(name, view.outputs[name].datatype if name in view.outputs else "BYTES",
-                     tuple(array.shape), array)
+        OutputTensor(
+            name,
+            view.outputs[name].datatype if name in view.outputs else "BYTES",
+            tuple(array.shape),
+            array,
+        )
         for name, array in outputs.items()
     ]
     return InferResponse(request.model_name, view.version, tensors, request.id)
@@ -253,4 +276,3 @@ def _build(request: InferRequest, view: ModelView, outputs: dict[str, Any]) -> I
 def create_backend() -> Backend:
     install_module()
     return PythonBackend()
-

@@ -69,9 +69,7 @@ def to_server_request(request: InferenceRequest) -> InferRequest:
 
 
 def to_model_response(response: InferResponse) -> InferenceResponse:
-    tensors = [
-        Tensor._wrap(o.name, np.asarray(o.data), o.datatype) for o in response.outputs
-    ]
+    tensors = [Tensor._wrap(o.name, np.asarray(o.data), o.datatype) for o in response.outputs]
     converted = InferenceResponse(tensors)
     if response.parameters:
         converted._parameters = json.dumps(response.parameters, default=str)

@@ -77,7 +77,9 @@ TRITONSERVER_MEMORY_GPU = 2
 class PreferredMemory:
     """Accepted for BLS requests; outputs always come back in host memory here."""
 
-    def __init__(self, preferred_memory_type: int = TRITONSERVER_MEMORY_CPU, preferred_device_id: int = 0) -> None:
+    def __init__(
+        self, preferred_memory_type: int = TRITONSERVER_MEMORY_CPU, preferred_device_id: int = 0
+    ) -> None:
         self.preferred_memory_type = preferred_memory_type
         self.preferred_device_id = preferred_device_id
 
@@ -152,12 +154,16 @@ class MetricFamily:
         self.description = description
         self.kind = kind
 
-    def Metric(self, labels: dict[str, str] | None = None, buckets: list[float] | None = None) -> Metric:  # noqa: N802 - the API's own name
+    def Metric(
+        self, labels: dict[str, str] | None = None, buckets: list[float] | None = None
+    ) -> Metric:
         return Metric(self, labels or {}, buckets)
 
 
 class Metric:
-    def __init__(self, family: MetricFamily, labels: dict[str, str], buckets: list[float] | None = None) -> None:
+    def __init__(
+        self, family: MetricFamily, labels: dict[str, str], buckets: list[float] | None = None
+    ) -> None:
         self.family = family
         self.labels = dict(labels)
         self.buckets = list(buckets or [])

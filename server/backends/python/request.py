@@ -264,7 +264,9 @@ def response_outputs(response: Any, view: ModelView) -> dict[str, np.ndarray] | 
     return outputs
 
 
-def _conform(array: np.ndarray, datatype: str, spec: TensorSpec, model: str) -> np.ndarray | ServerError:
+def _conform(
+    array: np.ndarray, datatype: str, spec: TensorSpec, model: str
+) -> np.ndarray | ServerError:
     """Responses are encoded with the configured datatype, so the array must be of it."""
     if datatype == spec.datatype:
         return array
