@@ -1,0 +1,180 @@
+"""The ``triton_python_backend_utils`` API as models use it, without a server."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from server.backends.python import create_backend
+from server.backends.python import pb_utils as pb
+from server.backends.python.request import response_outputs
+from server.errors import Code, ServerError
+from server.repository.view import ModelView, TensorSpec
+from server.tensors import CONFIG_TO_WIRE, NUMPY_DTYPES
+
+CONFIG_TYPES = sorted(CONFIG_TO_WIRE)
+
+
+def _view(outputs: dict[str, str], decoupled: bool = False) -> ModelView:
+    return ModelView(
+        name="m",
+        version="1",
+        platform="",
+        backend="python",
+        max_batch_size=0,
+        inputs={},
+        outputs={n: TensorSpec(n, dt, (-1,)) for n, dt in outputs.items()},
+        decoupled=decoupled,
+    )
+
+
+def test_module_is_importable_under_tritons_name() -> None:
+    create_backend()
+    import triton_python_backend_utils
+
+    assert triton_python_backend_utils is pb
+    assert pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL == 1
+
+
+@pytest.mark.parametrize("config_type", CONFIG_TYPES)
+def test_datatype_helpers_agree(config_type: str) -> None:
+    numpy_type = pb.triton_string_to_numpy(config_type)
+    assert numpy_type is NUMPY_DTYPES[CONFIG_TO_WIRE[config_type]].type
+    code = pb.numpy_to_triton_type(numpy_type)
+    assert code is not None and 1 <= code <= 14
+    assert pb.triton_to_numpy_type(code) is numpy_type
+
+
+def test_datatype_codes_are_tritons() -> None:
+    assert pb.numpy_to_triton_type(np.bool_) == 1
+    assert pb.numpy_to_triton_type(np.int32) == 8
+    assert pb.numpy_to_triton_type(np.float32) == 11
+    assert pb.numpy_to_triton_type(np.object_) == 13
+    assert pb.numpy_to_triton_type(np.bytes_) == 13
+    assert pb.triton_to_numpy_type(99) is None
+    with pytest.raises(ValueError):
+        pb.triton_string_to_numpy("TYPE_NOPE")
+
+
+def test_tensor_numeric_and_strings() -> None:
+    numbers = pb.Tensor("X", np.arange(6, dtype=np.int16).reshape(2, 3))
+    assert numbers.name() == "X"
+    assert numbers.shape() == [2, 3]
+    assert numbers.triton_dtype() == 7
+    assert numbers.as_numpy().dtype == np.int16
+    words = pb.Tensor("W", np.array(["a", "b\u00e9"]))
+    assert words.as_numpy().dtype == np.object_
+    assert words.as_numpy().tolist() == [b"a", "b\u00e9".encode()]
+    assert words.triton_dtype() == 13
+    with pytest.raises(TypeError):
+        pb.Tensor(3, np.zeros(1))  # type: ignore[arg-type]
+
+
+def test_tensor_dlpack_round_trip() -> None:
+    source = np.arange(5, dtype=np.float32)
+    source.flags.writeable = False  # decoded request inputs are read-only
+    tensor = pb.Tensor("T", source)
+    back = pb.Tensor.from_dlpack("U", tensor.to_dlpack())
+    assert back.name() == "U"
+    np.testing.assert_array_equal(back.as_numpy(), source)
+    via_protocol = pb.Tensor.from_dlpack("V", np.arange(3, dtype=np.int64))
+    assert via_protocol.as_numpy().tolist() == [0, 1, 2]
+
+
+def test_byte_tensor_serialization_round_trip() -> None:
+    values = np.array([b"", b"xy", "z\u00fc".encode()], dtype=np.object_)
+    packed = pb.serialize_byte_tensor(values)
+    assert packed[0] == b"\x00\x00\x00\x00\x02\x00\x00\x00xy\x03\x00\x00\x00" + "z\u00fc".encode()
+    assert pb.deserialize_bytes_tensor(packed[0]).tolist() == values.tolist()
+
+
+def test_config_lookups() -> None:
+    config = {"input": [{"name": "A", "data_type": "TYPE_FP32"}], "output": [{"name": "B"}]}
+    assert pb.get_input_config_by_name(config, "A") == {"name": "A", "data_type": "TYPE_FP32"}
+    assert pb.get_input_config_by_name(config, "B") is None
+    assert pb.get_output_config_by_name(config, "B") == {"name": "B"}
+
+
+def test_response_and_error() -> None:
+    error = pb.TritonError("bad", pb.TritonError.INVALID_ARG)
+    assert error.message() == "bad" and error.code() == pb.TritonError.INVALID_ARG
+    response = pb.InferenceResponse(error=error)
+    assert response.has_error() and response.output_tensors() == []
+    ok = pb.InferenceResponse([pb.Tensor("A", np.zeros(2))], parameters={"k": 1})
+    assert pb.get_output_tensor_by_name(ok, "A") is not None
+    assert pb.get_output_tensor_by_name(ok, "B") is None
+    assert ok.parameters() == '{"k": 1}'
+    with pytest.raises(pb.TritonModelException):
+        pb.InferenceResponse([np.zeros(2)])  # type: ignore[list-item]
+
+
+def test_response_outputs_conform_to_config() -> None:
+    view = _view({"F": "FP32", "S": "BYTES"})
+    outputs = response_outputs(
+        pb.InferenceResponse(
+            [pb.Tensor("F", np.array([1.5, 2.5])), pb.Tensor("S", np.array(["x"]))]
+        ),
+        view,
+    )
+    assert isinstance(outputs, dict)
+    assert outputs["F"].dtype == np.float32 and outputs["F"].tolist() == [1.5, 2.5]
+    assert outputs["S"].tolist() == [b"x"]
+    mismatch = response_outputs(pb.InferenceResponse([pb.Tensor("F", np.array(["x"]))]), view)
+    assert isinstance(mismatch, ServerError) and "declares FP32" in mismatch.message
+    errored = response_outputs(
+        pb.InferenceResponse(error=pb.TritonError("nope", pb.TritonError.NOT_FOUND)), view
+    )
+    assert isinstance(errored, ServerError) and errored.code == Code.NOT_FOUND
+    wrong = response_outputs("not a response", view)
+    assert isinstance(wrong, ServerError) and wrong.code == Code.INTERNAL
+
+
+def test_request_built_for_bls() -> None:
+    request = pb.InferenceRequest(
+        model_name="other",
+        inputs=[pb.Tensor("A", np.zeros(2))],
+        requested_output_names=["B"],
+        parameters={"p": "v"},
+    )
+    assert [t.name() for t in request.inputs()] == ["A"]
+    assert request.requested_output_names() == ["B"]
+    assert request.parameters() == '{"p": "v"}'
+    with pytest.raises(pb.TritonModelException):
+        request.get_response_sender()
+    with pytest.raises(pb.TritonModelException, match="running server"):
+        request.exec()
+    with pytest.raises(pb.TritonModelException):
+        pb.InferenceRequest(model_name="x", inputs=[np.zeros(1)])  # type: ignore[list-item]
+    with pytest.raises(pb.TritonModelException):
+        pb.InferenceRequest(model_name="x", parameters={"p": [1]})
+
+
+def test_logger_writes_to_the_server_log(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="server.python_model"):
+        pb.Logger.log_info("info line")
+        pb.Logger.log_warn("warn line")
+        pb.Logger.log_error("error line")
+        pb.Logger.log_verbose("verbose line")
+        pb.Logger.log("default line")
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert levels == [
+        (logging.INFO, "info line"),
+        (logging.WARNING, "warn line"),
+        (logging.ERROR, "error line"),
+        (logging.DEBUG, "verbose line"),
+        (logging.INFO, "default line"),
+    ]
+
+
+def test_metrics_keep_values() -> None:
+    family = pb.MetricFamily("requests", "handled requests", pb.MetricFamily.COUNTER)
+    metric = family.Metric(labels={"model": "m"})
+    metric.increment(2)
+    metric.increment(3)
+    assert metric.value() == 5
+    with pytest.raises(pb.TritonModelException):
+        metric.increment(-1)
+    with pytest.raises(pb.TritonModelException):
+        metric.set(1)
