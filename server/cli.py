@@ -42,7 +42,7 @@ class Settings:
     strict_readiness: bool = True
     exit_on_error: bool = True
     exit_timeout_secs: float = 30.0
-    exit_grace_secs: float = 0.0
+    exit_grace_secs: float = 5.0
     http_max_input_size: int = 64 * 1024 * 1024
     http_thread_count: int = 8
     model_config_name: str = ""
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--exit-grace-secs",
         type=float,
-        default=0.0,
+        default=5.0,
         help="after SIGTERM, keep accepting requests this long while readiness reports false",
     )
     add("--http-max-input-size", type=int, default=64 * 1024 * 1024)
