@@ -157,7 +157,10 @@ class ServerApp:
             except Exception:
                 log.exception("repository poll failed")
 
-    def request_stop(self) -> None:
+    def request_stop(self, sig: int = signal.SIGTERM) -> None:
+        # Ctrl-C at a terminal skips the grace period that SIGTERM gives load balancers.
+        if sig == signal.SIGINT:
+            self.settings.exit_grace_secs = 0.0
         self._stop.set()
 
     async def wait_and_shutdown(self) -> None:
@@ -213,7 +216,7 @@ async def serve(settings: Settings) -> int:
     app = ServerApp(settings, core)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, app.request_stop)
+        loop.add_signal_handler(sig, app.request_stop, sig)
     await app.start()
     await app.wait_and_shutdown()
     return 0

@@ -152,6 +152,9 @@ def run_server(
     for flag in ("--http-port", "--grpc-port", "--metrics-port"):
         if not any(a == flag or a.startswith(flag + "=") for a in full_args):
             full_args += [flag, "0"]
+    if not any(a.startswith("--exit-grace-secs") for a in full_args):
+        # The shutdown grace is for load balancers; tests stop servers without waiting for it.
+        full_args += ["--exit-grace-secs", "0"]
     if not any(a.startswith("--http-address") for a in full_args):
         full_args += ["--http-address", "127.0.0.1"]
     if not any(a.startswith("--grpc-address") for a in full_args):
