@@ -3,6 +3,7 @@ and encodes; errors go through the one table in ``server.http.errors``."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from server.core import Core
-from server.errors import ServerError, invalid_arg, unsupported
+from server.errors import Code, ServerError, invalid_arg, unsupported
 from server.http import compression
 from server.http.errors import error_response
 from server.protocol.http_codec import decode_infer_request, encode_infer_response, parse_json
@@ -112,7 +113,21 @@ def create_app(core: Core, *, max_input_size: int = 64 * 1024 * 1024, extra_rout
         header_value = request.headers.get(HEADER_LENGTH)
         header_length = _header_length(header_value, len(body))
         infer_request = decode_infer_request(body, header_length, model, _version(version))
-        response = await core.infer(infer_request)
+        handler = asyncio.current_task()
+        assert handler is not None
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(request, handler))
+        try:
+            response = await core.infer(infer_request)
+        except asyncio.CancelledError:
+            if not watcher.done() or watcher.cancelled():
+                raise
+            # The client went away: the scheduler has dropped the request; nobody reads this.
+            uncancel = getattr(handler, "uncancel", None)
+            if uncancel is not None:
+                uncancel()
+            return error_response(ServerError(Code.CANCELLED, "Request was cancelled"))
+        finally:
+            watcher.cancel()
         payload, json_length = encode_infer_response(response, infer_request)
         headers: dict[str, str] = {}
         media = JSON
@@ -174,6 +189,17 @@ def create_app(core: Core, *, max_input_size: int = 64 * 1024 * 1024, extra_rout
     if extra_routes is not None:
         extra_routes(app, core)
     return app
+
+
+async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[Any]) -> None:
+    """Cancel ``handler`` when the client disconnects, so a queued request is withdrawn
+    instead of being executed for nobody. The body is already read at this point, so the
+    next ASGI message is the disconnect."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            handler.cancel()
+            return
 
 
 class _UnsupportedEncoding(Exception):
