@@ -1,0 +1,201 @@
+"""PyTorch backend: TorchScript ``model.pt`` files, loaded with ``torch.jit.load``.
+
+torch is an optional dependency, imported only when a model needs it: without it such a
+model is UNAVAILABLE with the reason, and every other model is served as usual.
+
+Tensors are matched to the model as Triton's PyTorch backend does. Inputs go by the names of
+``forward``'s arguments when the configuration uses them, else by the ``<name>__<index>``
+convention, else in configuration order. Outputs go by ``<name>__<index>`` (the index into
+the tuple ``forward`` returns), by key when ``forward`` returns a dict, else in configuration
+order.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.backends.base import Backend, InstanceSpec, ModelInstance, RequestOutputs, Timing
+from server.backends.batching import gather_inputs, split_outputs
+from server.errors import internal, unavailable, unsupported
+from server.repository.view import ModelView
+from server.tensors import NUMPY_DTYPES
+from server.types import InferRequest
+
+_INDEXED = re.compile(r"^.+__(\d+)$")
+_import_lock = threading.Lock()
+
+
+def import_torch(model: str) -> Any:
+    """torch, or UNAVAILABLE naming the model and the missing package."""
+    with _import_lock:
+        try:
+            import torch
+        except ImportError as exc:
+            raise unavailable(
+                f"model '{model}' needs the PyTorch backend, but torch cannot be imported ({exc}); "
+                "install it with: pip install 'triton-compatible-server[torch]'"
+            ) from None
+    return torch
+
+
+def _indexed(names: Sequence[str]) -> list[int] | None:
+    """The indices of ``<name>__<index>`` names, or None unless every name follows it."""
+    indices = []
+    for name in names:
+        match = _INDEXED.match(name)
+        if match is None:
+            return None
+        indices.append(int(match.group(1)))
+    return indices
+
+
+def _forward_arguments(module: Any) -> list[str]:
+    try:
+        schema = module.forward.schema
+    except (AttributeError, RuntimeError):
+        return []
+    return [a.name for a in schema.arguments if a.name != "self"]
+
+
+def input_binding(module: Any, names: Sequence[str], model: str) -> tuple[str, list[str]]:
+    """("keyword", names) to pass inputs by argument name, or ("position", names in forward's
+    argument order)."""
+    arguments = _forward_arguments(module)
+    if names and set(names) <= set(arguments):
+        return "keyword", list(names)
+    indices = _indexed(names)
+    if indices is not None:
+        if sorted(indices) != list(range(len(names))):
+            raise unavailable(
+                f"the inputs of model '{model}' follow the <name>__<index> convention, but "
+                f"their indices {sorted(indices)} are not 0..{len(names) - 1}"
+            )
+        return "position", [name for _, name in sorted(zip(indices, names, strict=True))]
+    return "position", list(names)
+
+
+class PyTorchBackend(Backend):
+    name = "pytorch"
+
+    def load(
+        self, config: Any, view: ModelView, version_dir: Path, instance: InstanceSpec
+    ) -> ModelInstance:
+        torch = import_torch(config.name)
+        path = self.model_file(config, version_dir)
+        if not path.is_file():
+            raise unavailable(f"unable to find '{path}' for model '{config.name}'")
+        for spec in list(view.inputs.values()) + list(view.outputs.values()):
+            if spec.datatype in ("BYTES", "BF16"):
+                raise unsupported(
+                    f"tensor '{spec.name}' of model '{config.name}' has datatype {spec.datatype}, "
+                    "which this server's PyTorch backend does not carry"
+                )
+        if instance.kind == "GPU":
+            if not torch.cuda.is_available() or instance.device_id >= torch.cuda.device_count():
+                raise unavailable(
+                    f"instance '{instance.name}' of model '{config.name}' needs CUDA device "
+                    f"{instance.device_id}, which torch cannot use"
+                )
+            device = torch.device("cuda", instance.device_id)
+        else:
+            device = torch.device("cpu")
+        try:
+            module = torch.jit.load(str(path), map_location=device)
+            module.eval()
+        except Exception as exc:
+            raise unavailable(f"failed to load model '{config.name}': {exc}") from None
+        binding = input_binding(module, list(view.inputs), config.name)
+        params = view.parameters
+        inference_mode = params.get("INFERENCE_MODE", "true").lower() != "false"
+        return PyTorchInstance(torch, module, device, view, binding, inference_mode)
+
+
+class PyTorchInstance(ModelInstance):
+    def __init__(
+        self,
+        torch: Any,
+        module: Any,
+        device: Any,
+        view: ModelView,
+        binding: tuple[str, list[str]],
+        inference_mode: bool,
+    ) -> None:
+        self._torch = torch
+        self._module = module
+        self._device = device
+        self._view = view
+        self._mode, self._input_names = binding
+        self._inference_mode = inference_mode
+        names = list(view.outputs)
+        self._output_indices = _indexed(names) or list(range(len(names)))
+        self._output_names = names
+
+    def execute(self, requests: Sequence[InferRequest], timing: Timing) -> list[RequestOutputs]:
+        torch = self._torch
+        feeds = gather_inputs(requests, self._input_names)
+        missing = [n for n in self._input_names if n not in feeds]
+        if missing:
+            raise internal(f"model '{self._view.name}' needs input(s) {', '.join(missing)}")
+        with warnings.catch_warnings():
+            # Decoded request tensors are read-only views; torch only reads them here.
+            warnings.simplefilter("ignore", UserWarning)
+            tensors = {
+                n: torch.from_numpy(np.asarray(feeds[n])).to(self._device)
+                for n in self._input_names
+            }
+        timing.input_end_ns = time.monotonic_ns()
+        guard = torch.inference_mode() if self._inference_mode else torch.no_grad()
+        try:
+            with guard:
+                if self._mode == "keyword":
+                    result = self._module(**tensors)
+                else:
+                    result = self._module(*(tensors[n] for n in self._input_names))
+        except Exception as exc:
+            raise internal(
+                f"PyTorch execute failure for model '{self._view.name}': {exc}"
+            ) from None
+        timing.infer_end_ns = time.monotonic_ns()
+        outputs = self._collect(result)
+        return split_outputs(requests, outputs, self._view.max_batch_size > 0)
+
+    def _collect(self, result: Any) -> dict[str, np.ndarray]:
+        torch = self._torch
+        if isinstance(result, dict):
+            produced = {name: result[name] for name in self._output_names if name in result}
+        else:
+            items = list(result) if isinstance(result, (tuple, list)) else [result]
+            produced = {}
+            for name, index in zip(self._output_names, self._output_indices, strict=True):
+                if index >= len(items):
+                    raise internal(
+                        f"model '{self._view.name}' returned {len(items)} output(s), but output "
+                        f"'{name}' expects index {index}"
+                    )
+                produced[name] = items[index]
+        outputs: dict[str, np.ndarray] = {}
+        for name, value in produced.items():
+            if not isinstance(value, torch.Tensor):
+                raise internal(
+                    f"output '{name}' of model '{self._view.name}' is {type(value).__name__}, "
+                    "not a tensor"
+                )
+            array = value.detach().cpu().numpy()
+            wanted = NUMPY_DTYPES[self._view.outputs[name].datatype]
+            outputs[name] = array if array.dtype == wanted else array.astype(wanted)
+        return outputs
+
+    def unload(self) -> None:
+        self._module = None
+
+
+def create_backend() -> Backend:
+    return PyTorchBackend()

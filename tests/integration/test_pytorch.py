@@ -1,0 +1,246 @@
+"""The PyTorch backend: TorchScript models made by the tests, served over HTTP and gRPC.
+
+Where torch is installed the models run for real; where it is not, the same models must be
+UNAVAILABLE with the reason while the rest of the server serves. The missing-torch path is
+also tested with torch installed, by hiding it from the server process.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.harness import ServerProcess, run_server
+from tests.models import model_config, write_config, write_onnx_add_sub
+
+
+def _torch_importable() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+HAVE_TORCH = _torch_importable()
+PT_MODELS = ("pt_add_sub", "pt_indexed", "pt_dict")
+
+
+def _save_models(repo: Path) -> None:
+    """TorchScript files for the three models (needs torch)."""
+    import torch
+
+    class AddSub(torch.nn.Module):
+        def forward(
+            self, INPUT0: torch.Tensor, INPUT1: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: N803
+            return INPUT0 + INPUT1, INPUT0 - INPUT1
+
+    class Difference(torch.nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return (x - y).to(torch.int64)
+
+    class Scores(torch.nn.Module):
+        def forward(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {
+                "argmax": torch.argmax(logits, dim=1).to(torch.int32),
+                "probs": torch.softmax(logits, dim=1),
+            }
+
+    for name, module in (
+        ("pt_add_sub", AddSub()),
+        ("pt_indexed", Difference()),
+        ("pt_dict", Scores()),
+    ):
+        (repo / name / "1").mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            # TorchScript is what Triton's PyTorch backend serves, deprecated or not.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scripted = torch.jit.script(module)
+        scripted.save(str(repo / name / "1" / "model.pt"))
+
+
+def _write_configs(repo: Path) -> None:
+    write_config(
+        repo,
+        "pt_add_sub",
+        model_config(
+            "pt_add_sub",
+            platform="pytorch_libtorch",
+            inputs=[("INPUT0", "FP32", [4]), ("INPUT1", "FP32", [4])],
+            outputs=[("OUTPUT__0", "FP32", [4]), ("OUTPUT__1", "FP32", [4])],
+        ),
+    )
+    # Listed in the opposite order of forward(x, y): the indices decide.
+    write_config(
+        repo,
+        "pt_indexed",
+        model_config(
+            "pt_indexed",
+            backend="pytorch",
+            max_batch_size=0,
+            inputs=[("INPUT__1", "INT32", [-1]), ("INPUT__0", "INT32", [-1])],
+            outputs=[("OUTPUT__0", "INT64", [-1])],
+        ),
+    )
+    write_config(
+        repo,
+        "pt_dict",
+        model_config(
+            "pt_dict",
+            platform="pytorch_libtorch",
+            inputs=[("logits", "FP32", [3])],
+            outputs=[("probs", "FP32", [3]), ("argmax", "INT32", [1])],
+            dynamic_batching=False,
+        ),
+    )
+
+
+def _repo(base: Path, with_files: bool) -> Path:
+    repo = base / "repo"
+    repo.mkdir()
+    _write_configs(repo)
+    if with_files:
+        _save_models(repo)
+    else:
+        for name in PT_MODELS:
+            (repo / name / "1").mkdir(parents=True)
+            (repo / name / "1" / "model.pt").write_bytes(b"not loadable without torch")
+    write_onnx_add_sub(repo, "onnx_add_sub", "INT32", (16,), max_batch_size=8)
+    return repo
+
+
+def _http_input(name: str, array: np.ndarray, datatype: str) -> httpclient.InferInput:
+    tensor = httpclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def _assert_unavailable_but_others_serve(srv: ServerProcess) -> None:
+    with httpclient.InferenceServerClient(srv.http_url) as client:
+        index = {row["name"]: row for row in client.get_model_repository_index()}
+        for name in PT_MODELS:
+            assert index[name]["state"] == "UNAVAILABLE"
+            assert "torch" in index[name]["reason"], index[name]
+            assert "pip install" in index[name]["reason"]
+            assert not client.is_model_ready(name)
+        a = np.arange(16, dtype=np.int32).reshape(1, 16)
+        result = client.infer(
+            "onnx_add_sub", [_http_input("INPUT0", a, "INT32"), _http_input("INPUT1", a, "INT32")]
+        )
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), 2 * a)
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("pt_dict", [_http_input("logits", np.zeros((1, 3), np.float32), "FP32")])
+        assert "Request for unknown model: 'pt_dict'" in caught.value.message()
+
+
+def test_without_torch_models_are_unavailable_and_the_rest_serves(tmp_path: Path) -> None:
+    # A ``torch`` package that refuses to import stands in for an environment without it.
+    shadow = tmp_path / "no_torch" / "torch"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'torch'\")\n")
+    repo = _repo(tmp_path, with_files=False)
+    with run_server(
+        ["--model-repository", str(repo), "--exit-on-error=false"],
+        ready_path="/v2/health/live",
+        services=("http",),
+        env={"PYTHONPATH": str(shadow.parent)},
+    ) as srv:
+        _assert_unavailable_but_others_serve(srv)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    repo = _repo(tmp_path_factory.mktemp("pytorch"), with_files=HAVE_TORCH)
+    with run_server(
+        ["--model-repository", str(repo), "--exit-on-error=false"],
+        ready_path="/v2/health/live",
+        services=("http", "grpc"),
+    ) as srv:
+        yield srv
+
+
+if HAVE_TORCH:
+
+    def test_models_are_ready(server: ServerProcess) -> None:
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            assert client.is_server_ready()
+            metadata = client.get_model_metadata("pt_add_sub")
+            assert metadata["platform"] == "pytorch_libtorch"
+            assert client.get_model_config("pt_indexed")["platform"] == "pytorch_libtorch"
+
+    def test_add_sub_by_argument_names_over_http(server: ServerProcess) -> None:
+        rng = np.random.default_rng(1)
+        a = rng.standard_normal((3, 4)).astype(np.float32)
+        b = rng.standard_normal((3, 4)).astype(np.float32)
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            result = client.infer(
+                "pt_add_sub", [_http_input("INPUT0", a, "FP32"), _http_input("INPUT1", b, "FP32")]
+            )
+        np.testing.assert_allclose(result.as_numpy("OUTPUT__0"), a + b, rtol=1e-6)
+        np.testing.assert_allclose(result.as_numpy("OUTPUT__1"), a - b, rtol=1e-6)
+
+    def test_concurrent_requests_are_batched_and_split(server: ServerProcess) -> None:
+        rng = np.random.default_rng(2)
+        with httpclient.InferenceServerClient(server.http_url, concurrency=6) as client:
+            pending: list[tuple[np.ndarray, np.ndarray, Any]] = []
+            for rows in (1, 2, 1, 3, 1, 2):
+                a = rng.standard_normal((rows, 4)).astype(np.float32)
+                b = rng.standard_normal((rows, 4)).astype(np.float32)
+                inputs = [_http_input("INPUT0", a, "FP32"), _http_input("INPUT1", b, "FP32")]
+                pending.append((a, b, client.async_infer("pt_add_sub", inputs)))
+            for a, b, handle in pending:
+                result = handle.get_result()
+                np.testing.assert_allclose(result.as_numpy("OUTPUT__0"), a + b, rtol=1e-6)
+                np.testing.assert_allclose(result.as_numpy("OUTPUT__1"), a - b, rtol=1e-6)
+
+    def test_index_convention_over_grpc(server: ServerProcess) -> None:
+        x = np.array([10, 20, 30], dtype=np.int32)
+        y = np.array([1, 2, 3], dtype=np.int32)
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            inputs = []
+            for name, array in (("INPUT__0", x), ("INPUT__1", y)):
+                tensor = grpcclient.InferInput(name, [3], "INT32")
+                tensor.set_data_from_numpy(array)
+                inputs.append(tensor)
+            result = client.infer("pt_indexed", inputs)
+        assert result.as_numpy("OUTPUT__0").dtype == np.int64
+        assert result.as_numpy("OUTPUT__0").tolist() == (x - y).tolist()
+
+    def test_dict_outputs_by_name(server: ServerProcess) -> None:
+        logits = np.array([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5]], dtype=np.float32)
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            result = client.infer(
+                "pt_dict",
+                [_http_input("logits", logits, "FP32")],
+                outputs=[httpclient.InferRequestedOutput("argmax")],
+            )
+        assert result.as_numpy("argmax").tolist() == [1, 0]
+        assert result.as_numpy("probs") is None
+
+    def test_model_error_is_internal(server: ServerProcess) -> None:
+        # INT32 inputs of different lengths: forward() fails inside TorchScript.
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            with pytest.raises(InferenceServerException) as caught:
+                client.infer(
+                    "pt_indexed",
+                    [
+                        _http_input("INPUT__0", np.zeros(3, np.int32), "INT32"),
+                        _http_input("INPUT__1", np.zeros(2, np.int32), "INT32"),
+                    ],
+                )
+        assert caught.value.status() == "500"
+        assert "PyTorch execute failure for model 'pt_indexed'" in caught.value.message()
+
+else:
+
+    def test_models_need_torch(server: ServerProcess) -> None:
+        _assert_unavailable_but_others_serve(server)
