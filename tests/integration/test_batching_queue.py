@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
@@ -48,6 +49,7 @@ MODELS = {
     ),
     "ranked": "dynamic_batching { priority_levels: 2 default_priority_level: 2 }",
     "cancel": "dynamic_batching { }",
+    "cancel_grpc": "dynamic_batching { }",
     "single": "dynamic_batching { }",
     "pair": "dynamic_batching { }",
 }
@@ -71,7 +73,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("queue")
     for name, extra in MODELS.items():
         write_sleeper(repo, name, extra, count=2 if name == "pair" else 1)
-    with run_server(["--model-repository", str(repo)], services=("http", "metrics")) as srv:
+    services = ("http", "grpc", "metrics")
+    with run_server(["--model-repository", str(repo)], services=services) as srv:
         yield srv
 
 
@@ -196,6 +199,23 @@ def test_a_request_whose_client_disconnects_is_not_executed(server: ServerProces
     stats = model_stats(url, "cancel")
     assert (stats["execution_count"], stats["inference_count"]) == (2, 2)
     assert stats["inference_stats"]["fail"]["count"] == 1
+
+
+def test_a_grpc_call_that_times_out_in_the_queue_is_not_executed(server: ServerProcess) -> None:
+    url = server.http_url
+    with ThreadPoolExecutor(1) as pool:
+        busy = occupy(pool, url, "cancel_grpc", 1.0)
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        item = grpcclient.InferInput("INPUT0", [1, 1], "FP32")
+        item.set_data_from_numpy(np.array([[0.01]], np.float32))
+        with pytest.raises(InferenceServerException, match="Deadline"):
+            client.infer("cancel_grpc", [item], client_timeout=0.2)
+        client.close()
+        poll(lambda: pending(server, "cancel_grpc") == 0)
+        assert not busy.done()
+        busy.result()
+    stats = model_stats(url, "cancel_grpc")
+    assert (stats["execution_count"], stats["inference_stats"]["fail"]["count"]) == (1, 1)
 
 
 @pytest.mark.parametrize(
