@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from server import __version__
-from server.errors import Code, ServerError, invalid_arg, unavailable
+from server.errors import Code, ServerError, internal, invalid_arg, unavailable
 from server.repository.config import config_to_json_dict, parse_config_json
 from server.repository.manager import LoadedVersion, ModelManager
 from server.repository.view import ModelView
@@ -113,6 +113,11 @@ class Core:
                 for s in view.outputs.values()
             ],
         }
+
+    def model_view(self, name: str, version: str = "") -> ModelView:
+        """The frozen view of the version a request would be served by (NOT_FOUND/UNAVAILABLE
+        as for inference); the HTTP front end deduces raw binary requests from it."""
+        return _view(self.manager.get(name, version))
 
     def model_config(self, name: str, version: str = "") -> dict[str, Any]:
         return config_to_json_dict(self.manager.get(name, version).config)
@@ -254,13 +259,16 @@ class Core:
             stats = [v.stats.as_dict() for v in self.manager.ready_versions() if v.stats]
             return {"model_stats": sorted(stats, key=lambda s: (s["name"], s["version"]))}
         try:
+            self.manager.get(name)
+        except ServerError:
+            raise invalid_arg(f"requested model '{name}' is not available") from None
+        try:
             if version:
                 selected = [self.manager.get(name, version)]
             else:
-                self.manager.get(name)
                 selected = [v for v in self.manager.models[name].versions.values() if v.state == "READY"]
         except ServerError:
-            raise invalid_arg(f"requested model '{name}' is not available") from None
+            raise invalid_arg(f"requested model version is not available for model '{name}'") from None
         return {"model_stats": [v.stats.as_dict() for v in sorted(selected, key=lambda v: v.version) if v.stats]}
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
@@ -275,12 +283,16 @@ class Core:
         for key, value in parameters.items():
             if key == "config":
                 if not isinstance(value, str):
-                    raise invalid_arg("the 'config' parameter must be a string holding JSON")
-                override = parse_config_json(value)
+                    raise internal("attempt to access JSON non-string as string")
+                try:
+                    override = parse_config_json(value)
+                except ServerError as exc:
+                    log.error("failed to load '%s': %s", name, exc.message)
+                    raise internal(f"failed to load '{name}', failed to poll from model repository") from None
             elif key.startswith("file:"):
                 files[key[len("file:") :]] = value if isinstance(value, bytes) else _b64(value, key)
         if files and override is None:
-            raise invalid_arg(f"failed to load '{name}', failed to poll from model repository")
+            raise internal(f"failed to load '{name}', failed to poll from model repository")
         await self.manager.load(name, override, files or None)
 
     async def unload_model(self, name: str, parameters: dict[str, Any]) -> None:
@@ -306,6 +318,9 @@ def _b64(value: Any, key: str) -> bytes:
 
 def classify(array: np.ndarray, count: int, labels: tuple[str, ...], batched: bool) -> np.ndarray:
     """Triton's classification extension: the top ``count`` entries as "value:index[:label]"."""
+    datatype = wire_datatype_of(array)
+    if datatype in ("BOOL", "BYTES"):
+        raise invalid_arg(f"class result not available for output due to unsupported type '{datatype}'")
     rows = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)
     k = min(count, rows.shape[1])
     result = np.empty((rows.shape[0], k), dtype=object)

@@ -12,29 +12,59 @@ def request_prefix(request: InferRequest) -> str:
 
 
 def validate_request(request: InferRequest, view: ModelView) -> None:
-    """Fill ``batch_size`` and raise INVALID_ARG on anything the model cannot take."""
+    """Fill ``batch_size`` and raise INVALID_ARG on anything the model cannot take.
+
+    The order of the checks, and which input a message names first, follow Triton's core:
+    the input count, unknown names, the batch dimension, then each input's datatype and shape
+    (Triton walks the inputs in its hash map's order, which for two inputs is the reverse of
+    the request's).
+    """
     prefix = request_prefix(request)
     name = view.name
     inputs = view.inputs
-    given = {t.name for t in request.inputs}
-    if len(given) != len(request.inputs):
-        raise invalid_arg(f"{prefix}input tensors must have unique names for model '{name}'")
+    given: set[str] = set()
     for tensor in request.inputs:
-        if tensor.name not in inputs:
-            raise invalid_arg(f"{prefix}unexpected inference input '{tensor.name}' for model '{name}'")
+        if tensor.name in given:
+            raise invalid_arg(f"{prefix}input '{tensor.name}' already exists in request")
+        given.add(tensor.name)
     required = [n for n, spec in inputs.items() if not spec.optional]
     missing = [n for n in required if n not in given]
-    if missing:
-        got = "', '".join(t.name for t in request.inputs)
+    if len(request.inputs) > len(inputs) or len(request.inputs) < len(required):
+        got = ",".join(f"'{t.name}'" for t in request.inputs[::-1])
+        wanted = "[" + ",".join(f"'{n}'" for n in missing) + "]" if missing else "]"
         raise invalid_arg(
-            f"{prefix}expected {len(required)} inputs but got {len(request.inputs)} inputs for model "
-            f"'{name}'. Got input(s) ['{got}'], but missing required input(s) ['"
-            + "', '".join(missing)
-            + "']. Please provide all required input(s)."
+            f"{prefix}expected {len(inputs)} inputs but got {len(request.inputs)} inputs for model "
+            f"'{name}'. Got input(s) [{got}], but missing required input(s) {wanted}. "
+            "Please provide all required input(s)."
         )
+    for tensor in request.inputs:
+        if tensor.name not in inputs:
+            raise invalid_arg(f"unexpected inference input '{tensor.name}' for model '{name}'")
+    if missing:
+        raise invalid_arg(
+            f"{prefix}expected {len(inputs)} inputs but got {len(request.inputs)} inputs for model "
+            f"'{name}'. Got input(s) [" + ",".join(f"'{t.name}'" for t in request.inputs)
+            + "], but missing required input(s) [" + ",".join(f"'{n}'" for n in missing)
+            + "]. Please provide all required input(s)."
+        )
+    ordered = request.inputs[::-1]
     batch = 0
     max_batch = view.max_batch_size
-    for tensor in request.inputs:
+    if max_batch > 0:
+        for tensor in ordered:
+            if not tensor.shape:
+                _shape_error(prefix, tensor.name, name, view, inputs[tensor.name].dims, tensor.shape)
+            if batch == 0:
+                batch = tensor.shape[0]
+            elif tensor.shape[0] != batch:
+                raise invalid_arg(
+                    f"{prefix}input '{tensor.name}' batch size does not match other inputs for '{name}'"
+                )
+        if batch > max_batch:
+            raise invalid_arg(f"{prefix}inference request batch-size must be <= {max_batch} for '{name}'")
+        if batch < 1 and request.inputs:
+            raise invalid_arg(f"{prefix}inference request batch-size must be >= 1 for '{name}'")
+    for tensor in ordered:
         spec = inputs[tensor.name]
         if tensor.datatype != spec.datatype:
             raise invalid_arg(
@@ -47,34 +77,14 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
                 f"{prefix}All input dimensions should be specified for input '{tensor.name}' for model "
                 f"'{name}', got {_fmt(shape)}"
             )
-        if max_batch > 0:
-            if not shape:
-                _shape_error(prefix, tensor.name, name, view, spec.dims, shape)
-            this_batch, rest = shape[0], shape[1:]
-            if batch == 0:
-                batch = this_batch
-            elif this_batch != batch:
-                raise invalid_arg(
-                    f"{prefix}input '{tensor.name}' batch size does not match other inputs for '{name}'"
-                )
-        else:
-            rest = shape
+        rest = shape[1:] if max_batch > 0 else shape
         if not _dims_match(spec.dims, rest):
             _shape_error(prefix, tensor.name, name, view, spec.dims, shape)
-    if max_batch > 0:
-        if batch < 1 and request.inputs:
-            raise invalid_arg(f"{prefix}inference request batch-size must be >= 1 for '{name}'")
-        if batch > max_batch:
-            raise invalid_arg(f"{prefix}inference request batch-size must be <= {max_batch} for '{name}'")
     request.batch_size = max(batch, 1)
     if request.outputs is not None:
-        seen: set[str] = set()
         for output in request.outputs:
             if output.name not in view.outputs:
-                raise invalid_arg(f"{prefix}unexpected inference output '{output.name}' for model '{name}'")
-            if output.name in seen:
-                raise invalid_arg(f"{prefix}output '{output.name}' requested more than once for model '{name}'")
-            seen.add(output.name)
+                raise invalid_arg(f"unexpected inference output '{output.name}' for model '{name}'")
     if view.decoupled and request.response_queue is None:
         raise unsupported(
             f"{prefix}ModelInfer RPC doesn't support models with decoupled transaction policy"
@@ -95,11 +105,11 @@ def _shape_error(prefix: str, tensor: str, model: str, view: ModelView, dims: tu
     expected = list(dims)
     message = (
         f"{prefix}unexpected shape for input '{tensor}' for model '{model}'. Expected "
-        f"{_fmt(([-1] + expected) if view.max_batch_size > 0 else expected)}, got {_fmt(shape)}"
+        f"{_fmt(([-1] + expected) if view.max_batch_size > 0 else expected)}, got {_fmt(shape)}. "
     )
     if view.max_batch_size > 0:
         message += (
-            ". NOTE: Setting a non-zero max_batch_size in the model config requires a batch "
+            "NOTE: Setting a non-zero max_batch_size in the model config requires a batch "
             "dimension to be prepended to each input shape. If you want to specify the full "
             "shape including the batch dim in your input dims config, try setting "
             "max_batch_size to zero. See the model configuration docs for more info on "

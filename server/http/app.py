@@ -13,10 +13,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from server.core import Core
-from server.errors import Code, ServerError, invalid_arg, unsupported
+from server.errors import Code, ServerError, internal, unsupported
 from server.http import compression
 from server.http.errors import error_response
-from server.protocol.http_codec import decode_infer_request, encode_infer_response, parse_json
+from server.protocol.http_codec import (
+    decode_infer_request,
+    decode_raw_request,
+    encode_infer_response,
+    header_length,
+    parse_json,
+)
 from server.repository.manager import parse_version
 
 JSON = "application/json"
@@ -28,12 +34,15 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 
 def _empty(ok: bool) -> Response:
-    return Response(b"", status_code=200 if ok else 400)
+    return Response(b"", status_code=200 if ok else 400, media_type="text/plain")
 
 
 def _version(version: str | None) -> str:
     if version is None or version == "":
         return ""
+    # Triton's route only matches digits; anything else is not a route at all.
+    if not version.isdigit():
+        raise StarletteHTTPException(404, "Not Found")
     return str(parse_version(version))
 
 
@@ -95,7 +104,11 @@ def create_app(core: Core, *, max_input_size: int = 64 * 1024 * 1024, extra_rout
         return _json(core.model_metadata(model, _version(version)))
 
     async def model_ready(model: str, version: str | None = None) -> Response:
-        if core.model_ready(model, _version(version)):
+        try:
+            ready = core.model_ready(model, _version(version))
+        except ServerError:
+            ready = False
+        if ready:
             return _empty(True)
         return _json({"error": "Model version not ready"}, 400)
 
@@ -110,9 +123,12 @@ def create_app(core: Core, *, max_input_size: int = 64 * 1024 * 1024, extra_rout
             body = await read_body(request)
         except _UnsupportedEncoding as exc:
             return error_response(exc.error, {"Accept-Encoding": compression.ACCEPT_ENCODING})
-        header_value = request.headers.get(HEADER_LENGTH)
-        header_length = _header_length(header_value, len(body))
-        infer_request = decode_infer_request(body, header_length, model, _version(version))
+        json_length = header_length(request.headers.get(HEADER_LENGTH), len(body))
+        if json_length == 0 or (json_length is None and not body):
+            loaded_view = core.model_view(model, _version(version))
+            infer_request = decode_raw_request(body, loaded_view, _version(version))
+        else:
+            infer_request = decode_infer_request(body, json_length, model, _version(version))
         handler = asyncio.current_task()
         assert handler is not None
         watcher = asyncio.ensure_future(_cancel_on_disconnect(request, handler))
@@ -128,11 +144,11 @@ def create_app(core: Core, *, max_input_size: int = 64 * 1024 * 1024, extra_rout
             return error_response(ServerError(Code.CANCELLED, "Request was cancelled"))
         finally:
             watcher.cancel()
-        payload, json_length = encode_infer_response(response, infer_request)
+        payload, response_json_length = encode_infer_response(response, infer_request)
         headers: dict[str, str] = {}
         media = JSON
-        if json_length is not None:
-            headers["Inference-Header-Content-Length"] = str(json_length)
+        if response_json_length is not None:
+            headers["Inference-Header-Content-Length"] = str(response_json_length)
             media = "application/octet-stream"
         encoding = compression.choose_encoding(request.headers.get("accept-encoding"))
         if encoding != "identity":
@@ -161,7 +177,9 @@ def create_app(core: Core, *, max_input_size: int = 64 * 1024 * 1024, extra_rout
     @app.post("/v2/repository/index")
     async def repository_index(request: Request) -> Response:
         body = await json_body(request)
-        ready_only = bool(body.get("ready", False)) if isinstance(body, dict) else False
+        ready_only = body.get("ready", False) if isinstance(body, dict) else False
+        if not isinstance(ready_only, bool):
+            raise internal("attempt to access JSON non-boolean as boolean")
         return _json(core.repository_index(ready_only))
 
     @app.post("/v2/repository/models/{model}/load")
@@ -169,7 +187,7 @@ def create_app(core: Core, *, max_input_size: int = 64 * 1024 * 1024, extra_rout
         body = await json_body(request)
         params = body.get("parameters", {}) if isinstance(body, dict) else {}
         if not isinstance(params, dict):
-            raise invalid_arg("unable to parse 'parameters': expected a JSON object")
+            raise internal("attempt to get members for non-object")
         await core.load_model(model, params)
         return Response(b"", status_code=200)
 
@@ -205,20 +223,6 @@ async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[Any]) ->
 class _UnsupportedEncoding(Exception):
     def __init__(self, error: ServerError) -> None:
         self.error = error
-
-
-def _header_length(value: str | None, body_length: int) -> int | None:
-    if value is None:
-        return None
-    try:
-        length = int(value)
-    except ValueError:
-        raise invalid_arg(f"Unable to parse inference header size, got: {value}") from None
-    if length < 0 or length > body_length or length > 2**31 - 1:
-        raise invalid_arg(
-            f"inference header size should be in range (0, {body_length}), got: {length}"
-        )
-    return length
 
 
 Handler = Callable[..., Awaitable[Response]]

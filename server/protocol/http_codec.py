@@ -1,214 +1,292 @@
-"""KServe v2 JSON and Triton's binary tensor extension <-> InferRequest / InferResponse."""
+"""KServe v2 JSON and Triton's binary tensor extension <-> InferRequest / InferResponse.
+
+Messages and status codes follow tritonserver's HTTP front end, quirks included: a field of
+the wrong JSON type is an INTERNAL error ("Unable to parse 'x': attempt to access ...").
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
-from server.errors import ServerError, internal, invalid_arg
-from server.tensors import BYTES, NUMPY_DTYPES, element_count, from_buffer, to_bytes
+from server.errors import internal, invalid_arg
+from server.protocol import json_errors
+from server.protocol.tensor_data import (
+    JSON_FORBIDDEN,
+    binary_bytes_tensor,
+    check_bytes_count,
+    json_tensor,
+    json_values,
+    numeric_tensor,
+    request_prefix,
+)
+from server.tensors import BYTES, NUMPY_DTYPES, to_bytes
 from server.types import InferInput, InferRequest, InferResponse, RequestedOutput
 
-_RESERVED_PARAMS = ("sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "binary_data_output", "headers")
-_JSON_FORBIDDEN = ("FP16", "BF16")
+if TYPE_CHECKING:
+    from server.repository.view import ModelView
+
+_LEADING_INT = re.compile(rb"\s*([+-]?\d+)")
+_CONTENT_FIELDS = ("data", "binary_data_size", "shared_memory_region")
+# The name Triton gives the one input of a raw binary request in its byte-size message.
+RAW_INPUT = "raw_input"
 
 
 def parse_json(buffer: bytes | memoryview) -> Any:
-    if not len(buffer):
-        raise invalid_arg("failed to parse the request JSON buffer: The document is empty.")
     try:
-        return orjson.loads(buffer)
-    except orjson.JSONDecodeError as exc:
-        raise invalid_arg(f"failed to parse the request JSON buffer: {exc}") from None
+        return json_errors.loads(buffer)
+    except json_errors.JsonSyntaxError as exc:
+        raise internal(f"failed to parse the request JSON buffer: {exc}") from None
+
+
+def _missing(key: str) -> Exception:
+    return internal(
+        f"Unable to parse '{key}': attempt to access non-existing object member '{key}'"
+    )
+
+
+def _wrong_type(key: str, kind: str, verb: str = "parse") -> Exception:
+    return internal(f"Unable to {verb} '{key}': attempt to access JSON non-{kind} as {kind}")
+
+
+def header_length(value: str | None, body_length: int) -> int | None:
+    """``Inference-Header-Content-Length`` read like C's strtol: leading digits count, text
+    without any reads as 0, which makes the request a raw binary one."""
+    if value is None:
+        return None
+    match = _LEADING_INT.match(value.encode("latin-1", "replace"))
+    length = int(match.group(1)) if match else 0
+    if length < 0 or length > body_length:
+        raise invalid_arg(
+            f"inference header size should be in range (0, {body_length}), got: {length}"
+        )
+    return length
 
 
 def decode_infer_request(
-    body: bytes, header_length: int | None, model_name: str, model_version: str
+    body: bytes, header_len: int | None, model_name: str, model_version: str
 ) -> InferRequest:
     view = memoryview(body)
-    if header_length is None:
+    if header_len is None:
         header, binary = view, view[len(view) :]
     else:
-        header, binary = view[:header_length], view[header_length:]
+        header, binary = view[:header_len], view[header_len:]
     document = parse_json(header)
-    if not isinstance(document, dict):
-        raise invalid_arg("failed to parse the request JSON buffer: expected a JSON object")
     request = InferRequest(model_name=model_name, model_version=model_version)
-    request_id = document.get("id")
-    if request_id is not None:
-        if not isinstance(request_id, str):
-            raise invalid_arg("unable to parse 'id': expected a string")
-        request.id = request_id
-    params = document.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise invalid_arg("unable to parse 'parameters': expected a JSON object")
-    apply_request_parameters(request, params)
-    raw_inputs = document.get("inputs")
+    if not isinstance(document, dict):
+        raise _missing("inputs")
+    if "id" in document:
+        if not isinstance(document["id"], str):
+            raise _wrong_type("id", "string")
+        request.id = document["id"]
+    if "parameters" in document:
+        params = document["parameters"]
+        if not isinstance(params, dict):
+            raise internal("failed to get request params.: attempt to get members for non-object")
+        apply_request_parameters(request, params)
+    if "inputs" not in document:
+        raise _missing("inputs")
+    raw_inputs = document["inputs"]
     if not isinstance(raw_inputs, list):
-        raise invalid_arg("unable to parse 'inputs': expected an array")
+        raise _wrong_type("inputs", "array")
     offset = 0
     for item in raw_inputs:
-        tensor, used = _decode_input(item, binary, offset)
+        tensor, used = _decode_input(item, binary, offset, request)
         offset += used
         request.inputs.append(tensor)
     if offset != len(binary):
-        raise invalid_arg(
-            f"unexpected additional input data: the request carries {len(binary)} bytes of binary "
-            f"tensor data but its inputs describe {offset}"
-        )
-    raw_outputs = document.get("outputs")
-    if raw_outputs is not None:
+        raise invalid_arg(f"unexpected additional input data for model '{model_name}'")
+    if "outputs" in document:
+        raw_outputs = document["outputs"]
         if not isinstance(raw_outputs, list):
-            raise invalid_arg("unable to parse 'outputs': expected an array")
-        request.outputs = [_decode_output(o) for o in raw_outputs]
+            raise _wrong_type("outputs", "array")
+        outputs: dict[str, RequestedOutput] = {}
+        for item in raw_outputs:
+            output = _decode_output(item)
+            # A name asked for twice is answered once.
+            outputs.setdefault(output.name, output)
+        request.outputs = list(outputs.values()) or None
     return request
 
 
 def apply_request_parameters(request: InferRequest, params: dict[str, Any]) -> None:
     for key, value in params.items():
         if key.startswith("triton_"):
-            raise invalid_arg(f"parameter keys starting with 'triton_' are reserved for Triton usage and should not be specified: '{key}'")
-        if key == "priority":
-            request.priority = _uint_param(key, value)
-        elif key == "timeout":
-            request.timeout_us = _uint_param(key, value)
+            raise invalid_arg(
+                "parameter keys starting with 'triton_' are reserved for Triton usage and should not be specified."
+            )
+        if key in ("priority", "timeout"):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+                raise _wrong_type(key, "unsigned-integer")
+            if key == "priority":
+                request.priority = value
+            else:
+                request.timeout_us = value
+        elif key == "binary_data_output":
+            if not isinstance(value, bool):
+                raise _wrong_type(key, "boolean")
+        elif not isinstance(value, (str, int, float)):
+            raise invalid_arg(
+                f"parameter '{key}' has invalid type. It should be either 'int', 'bool', or 'string'."
+            )
     request.parameters = params
 
 
-def _uint_param(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise invalid_arg(f"parameter '{key}' must be a non-negative integer")
-    return value
-
-
-def _decode_input(item: Any, binary: memoryview, offset: int) -> tuple[InferInput, int]:
-    if not isinstance(item, dict):
-        raise invalid_arg("unable to parse 'inputs': each input must be a JSON object")
-    name = item.get("name")
-    if not isinstance(name, str):
-        raise invalid_arg("unable to parse 'name' of an input")
-    datatype = item.get("datatype")
-    if not isinstance(datatype, str):
-        raise invalid_arg(f"unable to parse 'datatype' of input '{name}'")
-    if datatype not in NUMPY_DTYPES:
-        raise invalid_arg(f"invalid datatype '{datatype}' of input '{name}'")
-    shape = item.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise invalid_arg(f"unable to parse 'shape' of input '{name}'")
-    dims = tuple(shape)
-    params = item.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise invalid_arg(f"unable to parse 'parameters' of input '{name}'")
-    has_data = "data" in item
-    binary_size = params.get("binary_data_size")
-    shm = params.get("shared_memory_region")
-    if sum(x is not None and x is not False for x in (item.get("data") if has_data else None, binary_size, shm)) != 1:
+def _decode_input(
+    item: Any, binary: memoryview, offset: int, request: InferRequest
+) -> tuple[InferInput, int]:
+    fields = item if isinstance(item, dict) else {}
+    params = fields.get("parameters")
+    params = params if isinstance(params, dict) else {}
+    present = [
+        name
+        for name, where in zip(_CONTENT_FIELDS, (fields, params, params), strict=True)
+        if name in where
+    ]
+    if len(present) != 1:
+        which = "no field is set" if not present else "set " + " ".join(f"'{p}'" for p in present)
         raise invalid_arg(
-            f"Input '{name}' must set only one of the following fields: 'data', 'binary_data_size' "
-            "in 'parameters', 'shared_memory_region' in 'parameters'"
+            "Input must set only one of the following fields: 'data', 'binary_data_size' in "
+            f"'parameters', 'shared_memory_region' in 'parameters'. But {which}"
         )
-    if any(d < 0 for d in dims):
-        raise invalid_arg(f"All input dimensions should be specified for input '{name}', got {list(dims)}")
-    if shm is not None:
+    name = _string(fields, "name")
+    datatype = _string(fields, "datatype")
+    if "shape" not in fields:
+        raise _missing("shape")
+    shape = fields["shape"]
+    if not isinstance(shape, list):
+        raise _wrong_type("shape", "array")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63 for d in shape):
+        raise _wrong_type("shape", "unsigned-integer")
+    if datatype not in NUMPY_DTYPES:
+        raise invalid_arg(f"invalid datatype for input {name}")
+    dims = tuple(shape)
+    if present[0] == "shared_memory_region":
         return InferInput(name, datatype, dims, np.empty(0), params), 0
-    if binary_size is not None:
-        if isinstance(binary_size, bool) or not isinstance(binary_size, int) or binary_size < 0:
-            raise invalid_arg(f"unable to parse 'binary_data_size' of input '{name}'")
-        if offset + binary_size > len(binary):
+    model = request.model_name
+    if present[0] == "binary_data_size":
+        size = params["binary_data_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise _wrong_type("binary_data_size", "unsigned-integer")
+        remaining = len(binary) - offset
+        if size > remaining:
             raise invalid_arg(
-                f"unexpected binary data size for input '{name}': 'binary_data_size' is "
-                f"{binary_size} but only {len(binary) - offset} bytes remain in the request body"
+                f"unexpected size for input '{name}', expecting {size - remaining} additional bytes for model '{model}'"
             )
-        array = from_buffer(binary[offset : offset + binary_size], datatype, dims, name)
-        return InferInput(name, datatype, dims, array, params), binary_size
-    if datatype in _JSON_FORBIDDEN:
+        chunk = binary[offset : offset + size]
+        if datatype == BYTES:
+            array = binary_bytes_tensor(chunk, dims, name, model, request.id)
+        else:
+            array = numeric_tensor(chunk, datatype, dims, name, model, request.id)
+        return InferInput(name, datatype, dims, array, params), size
+    if datatype in JSON_FORBIDDEN:
         raise invalid_arg(
             f"receiving {datatype} data via JSON is not supported. Please use the binary data format for input {name}"
         )
-    return InferInput(name, datatype, dims, _json_data(item["data"], datatype, dims, name), params), 0
-
-
-def _json_data(data: Any, datatype: str, dims: tuple[int, ...], name: str) -> np.ndarray:
-    expected = element_count(dims)
+    array = json_tensor(fields["data"], datatype, dims)
     if datatype == BYTES:
-        flat = _flatten(data)
-        if len(flat) != expected:
-            raise internal(
-                f"Unable to parse 'data': Shape does not match true shape of 'data' field for input '{name}'"
-            )
-        array = np.empty(len(flat), dtype=object)
-        for i, item in enumerate(flat):
-            if not isinstance(item, str):
-                raise invalid_arg(f"unable to parse 'data' of input '{name}': expected strings")
-            array[i] = item.encode("utf-8")
-        return array.reshape(dims)
-    try:
-        array = np.asarray(data, dtype=NUMPY_DTYPES[datatype])
-    except (ValueError, TypeError, OverflowError):
-        raise invalid_arg(f"unable to parse 'data' of input '{name}' as {datatype}") from None
-    if array.size != expected:
-        raise internal(
-            f"Unable to parse 'data': Shape does not match true shape of 'data' field for input '{name}'"
-        )
-    return array.reshape(dims)
+        array = check_bytes_count(array, dims, name, model, request.id)
+    return InferInput(name, datatype, dims, array, params), 0
 
 
-def _flatten(data: Any) -> list[Any]:
-    if not isinstance(data, list):
-        return [data]
-    out: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                if len(stack) > 100:
-                    raise invalid_arg("unable to parse 'data': nesting is deeper than 100 levels")
-                stack.append(iter(item))
-                break
-            out.append(item)
-        else:
-            stack.pop()
-    return out
+def _string(fields: dict[str, Any], key: str) -> str:
+    if key not in fields:
+        raise _missing(key)
+    value = fields[key]
+    if not isinstance(value, str):
+        raise _wrong_type(key, "string")
+    return value
 
 
 def _decode_output(item: Any) -> RequestedOutput:
-    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-        raise invalid_arg("unable to parse 'outputs': each output must be an object with a 'name'")
-    params = item.get("parameters") or {}
+    fields = item if isinstance(item, dict) else {}
+    name = _string(fields, "name")
+    params = fields.get("parameters", {})
     if not isinstance(params, dict):
-        raise invalid_arg(f"unable to parse 'parameters' of output '{item['name']}'")
+        raise internal("failed to get output params.: attempt to get members for non-object")
+    if "binary_data" in params and not isinstance(params["binary_data"], bool):
+        raise _wrong_type("binary_data", "boolean")
     if params.get("shared_memory_region") is not None and params.get("binary_data"):
         raise invalid_arg("Output can't set both 'shared_memory_region' and 'binary_data'")
-    classification = params.get("classification")
-    if classification is not None and (isinstance(classification, bool) or not isinstance(classification, int) or classification < 0):
-        raise invalid_arg(f"unable to parse 'classification' of output '{item['name']}'")
-    return RequestedOutput(item["name"], params)
+    if "classification" in params:
+        classes = params["classification"]
+        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 0:
+            raise _wrong_type("classification", "unsigned-integer", "set")
+        if classes and params.get("shared_memory_region") is not None:
+            raise invalid_arg("Output can't set both 'shared_memory_region' and 'classification'")
+    return RequestedOutput(name, params)
 
 
-def encode_infer_response(response: InferResponse, request: InferRequest) -> tuple[bytes, int | None]:
-    """Returns the body and, when any output is binary, the JSON header length."""
+def decode_raw_request(body: bytes, view: ModelView, model_version: str) -> InferRequest:
+    """``Inference-Header-Content-Length: 0``: the whole body is the data of the model's only
+    input, whose shape is deduced from the body size; every output comes back binary."""
+    prefix = request_prefix("")
+    if len(view.inputs) != 1:
+        raise invalid_arg(
+            f"{prefix}Raw request must only have 1 input (found 1) to be deduced but got "
+            f"{len(view.inputs)} inputs in '{view.name}' model configuration"
+        )
+    spec = next(iter(view.inputs.values()))
+    batch = (1,) if view.max_batch_size > 0 else ()
+    if spec.datatype == BYTES:
+        if spec.dims != (1,):
+            raise invalid_arg(
+                f"{prefix}For BYTE datatype raw input '{spec.name}', the model must have input shape [1]"
+            )
+        data = np.empty(1, dtype=object)
+        data[0] = bytes(body)
+        dims = (*batch, 1)
+        array = data.reshape(dims)
+    else:
+        variable = [i for i, d in enumerate(spec.dims) if d < 0]
+        if len(variable) > 1:
+            raise invalid_arg(
+                f"{prefix}The shape of the raw input '{spec.name}' can not be deduced because there "
+                "are more than one variable-sized dimension"
+            )
+        itemsize = NUMPY_DTYPES[spec.datatype].itemsize
+        fixed = 1
+        for d in spec.dims:
+            fixed *= d if d >= 0 else 1
+        deduced = list(spec.dims)
+        if variable:
+            deduced[variable[0]] = len(body) // itemsize // fixed if fixed else 0
+        dims = (*batch, *deduced)
+        array = numeric_tensor(memoryview(body), spec.datatype, dims, RAW_INPUT, view.name, "")
+    request = InferRequest(model_name=view.name, model_version=model_version)
+    request.inputs.append(InferInput(spec.name, spec.datatype, dims, array, {}))
+    request.parameters = {"binary_data_output": True}
+    return request
+
+
+def encode_infer_response(
+    response: InferResponse, request: InferRequest
+) -> tuple[bytes, int | None]:
+    """The body and, when any binary output carries bytes, the JSON header's length."""
     default_binary = bool(request.parameters.get("binary_data_output", False))
     outputs_json: list[dict[str, Any]] = []
     chunks: list[bytes | memoryview] = []
     for tensor in response.outputs:
         params = tensor.parameters
-        binary = bool(params.get("binary_data", default_binary)) if params else default_binary
-        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
         if params and "shared_memory_region" in params:
             outputs_json.append(entry)  # the data went to the client's region
             continue
-        out_params = {k: v for k, v in params.items() if k not in ("binary_data", "classification")} if params else {}
+        binary = bool(params.get("binary_data", default_binary)) if params else default_binary
         if binary:
             raw = to_bytes(tensor.data, tensor.datatype)
-            out_params["binary_data_size"] = len(raw)
+            entry["parameters"] = {"binary_data_size": len(raw)}
             if len(raw):
                 chunks.append(raw)
         else:
-            entry["data"] = _json_values(tensor.data, tensor.datatype, tensor.name)
-        if out_params:
-            entry["parameters"] = out_params
+            entry["data"] = json_values(tensor.data, tensor.datatype)
         outputs_json.append(entry)
     document: dict[str, Any] = {}
     if response.id:
@@ -219,22 +297,6 @@ def encode_infer_response(response: InferResponse, request: InferRequest) -> tup
         document["parameters"] = response.parameters
     document["outputs"] = outputs_json
     header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
-    if not chunks and not any("binary_data_size" in o.get("parameters", {}) for o in outputs_json):
+    if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)
-
-
-def _json_values(array: np.ndarray, datatype: str, name: str) -> Any:
-    if datatype in _JSON_FORBIDDEN:
-        raise ServerError(
-            invalid_arg("").code,
-            f"sending {datatype} data via JSON is not supported. Please use the binary data format for output {name}",
-        )
-    flat = array.reshape(-1)
-    if datatype == BYTES:
-        return [
-            item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item) for item in flat
-        ]
-    if not flat.flags.c_contiguous or flat.dtype.byteorder == ">":
-        flat = np.ascontiguousarray(flat, dtype=flat.dtype.newbyteorder("="))
-    return flat

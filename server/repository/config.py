@@ -11,7 +11,7 @@ from typing import Any
 
 from google.protobuf import json_format, text_format
 
-from server.errors import ServerError, invalid_arg
+from server.errors import Code, ServerError, invalid_arg
 from server.protocol.generated import model_config_pb2 as mc
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,13 @@ _NOT_ACTED_ON = (
 AutoCompleter = Callable[[Any, Path], None]
 
 
+class ConfigReadError(ServerError):
+    """The configuration could not be read at all (syntax, unknown field, wrong name)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Code.INVALID_ARG, message)
+
+
 def version_dirs(model_dir: Path) -> dict[int, Path]:
     """Numeric version directories; names that are not numbers or start with 0 are ignored."""
     found: dict[int, Path] = {}
@@ -74,7 +81,7 @@ def parse_config_text(text: str, source: str) -> Any:
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
-        raise invalid_arg(f"failed to parse model configuration {source}: {exc}") from None
+        raise ConfigReadError(f"failed to parse model configuration {source}: {exc}") from None
     return config
 
 
@@ -83,7 +90,7 @@ def parse_config_json(text: str) -> Any:
     try:
         json_format.Parse(text, config)
     except (json_format.ParseError, ValueError) as exc:
-        raise invalid_arg(f"failed to parse model configuration override: {exc}") from None
+        raise ConfigReadError(f"failed to parse model configuration override: {exc}") from None
     return config
 
 
@@ -101,7 +108,7 @@ def read_config(model_dir: Path, config_name: str = "") -> Any | None:
 def fill_backend_fields(config: Any, name: str, model_dir: Path) -> None:
     """Fill whichever of platform, backend and default_model_filename is missing."""
     if config.name and config.name != name:
-        raise invalid_arg(
+        raise ConfigReadError(
             f"unexpected model name '{config.name}' in the configuration of model '{name}': "
             "the name must match the model directory"
         )
@@ -145,7 +152,8 @@ def normalize(config: Any, gpu_count: int) -> None:
     if config.platform == "ensemble":
         return
     if not config.instance_group:
-        config.instance_group.add()
+        # Triton names the group it adds after the model; groups a user wrote get "<model>_<i>".
+        config.instance_group.add().name = config.name
     for index, group in enumerate(config.instance_group):
         if not group.name:
             group.name = f"{config.name}_{index}"

@@ -141,7 +141,8 @@ class ModelManager:
                     if ready_only and loaded.state != READY:
                         continue
                     row = {"name": name, "version": str(number), "state": loaded.state}
-                    row["reason"] = loaded.reason
+                    if loaded.reason:
+                        row["reason"] = loaded.reason
                     rows.append(row)
             elif not ready_only:
                 row = {"name": name}
@@ -162,11 +163,11 @@ class ModelManager:
             entry = self.models.get(name)
             if entry is None or entry.path is None:
                 if override is None:
-                    raise invalid_arg(f"failed to load '{name}', failed to poll from model repository")
+                    raise internal(f"failed to load '{name}', failed to poll from model repository")
                 entry = self.models.setdefault(name, ModelEntry(name, None))
             if files:
                 if override is None:
-                    raise invalid_arg(f"failed to load '{name}', failed to poll from model repository")
+                    raise internal(f"failed to load '{name}', failed to poll from model repository")
                 entry.path = _write_override_files(name, files)
             entry.state = LOADING
             entry.unloaded_by_request = False
@@ -176,7 +177,10 @@ class ModelManager:
             except ServerError as exc:
                 entry.state, entry.reason = UNAVAILABLE, exc.message
                 log.error("failed to load '%s': %s", name, exc.message)
-                raise ServerError(exc.code, f"failed to load '{name}', {exc.message}") from None
+                if isinstance(exc, cfg.ConfigReadError):
+                    # Triton reports an unreadable configuration as a failed repository poll.
+                    raise internal(f"failed to load '{name}', failed to poll from model repository") from None
+                raise ServerError(exc.code, f"load failed for model '{name}': {exc.message}\n") from None
             old = entry.versions
             new: dict[int, LoadedVersion] = {}
             for number, outcome in prepared.items():
@@ -208,7 +212,7 @@ class ModelManager:
         async with self._lock(name):
             entry = self.models.get(name)
             if entry is None:
-                raise invalid_arg(f"failed to unload '{name}', no version is available")
+                return  # as in Triton, unloading what is not loaded succeeds
             old, entry.versions = entry.versions, {}
             for loaded in old.values():
                 loaded.state = UNLOADING

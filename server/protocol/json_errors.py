@@ -1,0 +1,228 @@
+"""JSON documents as Triton reads them.
+
+Triton parses with RapidJSON, which accepts ``NaN``/``Infinity`` and words its syntax errors
+in its own way (``Missing a name for object member. at 1``). Clients and tests match on that
+text, so when the fast parser rejects a document this module finds the first error the way
+RapidJSON reports it: the same message and the same byte offset.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+_WS = b" \t\n\r"
+_ESCAPES = b'"\\/bfnrtu'
+_DIGITS = b"0123456789"
+_HEX = b"0123456789abcdefABCDEF"
+
+EMPTY = "The document is empty."
+ROOT_NOT_SINGULAR = "The document root must not be followed by other values."
+INVALID_VALUE = "Invalid value."
+MISS_NAME = "Missing a name for object member."
+MISS_COLON = "Missing a colon after a name of object member."
+MISS_COMMA_OBJECT = "Missing a comma or '}' after an object member."
+MISS_COMMA_ARRAY = "Missing a comma or ']' after an array element."
+BAD_UNICODE_HEX = "Incorrect hex digit after \\u escape in string."
+BAD_ESCAPE = "Invalid escape character in string."
+MISS_QUOTE = "Missing a closing quotation mark in string."
+BAD_ENCODING = "Invalid encoding in string."
+MISS_FRACTION = "Miss fraction part in number."
+MISS_EXPONENT = "Miss exponent in number."
+
+
+class JsonSyntaxError(ValueError):
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(f"{message} at {offset}")
+        self.message = message
+        self.offset = offset
+
+
+def loads(buffer: bytes | memoryview) -> Any:
+    """Parse a document; raise JsonSyntaxError with RapidJSON's wording when it is invalid."""
+    try:
+        return orjson.loads(buffer)
+    except orjson.JSONDecodeError:
+        pass
+    data = bytes(buffer)
+    _Scanner(data).document()
+    # Valid for RapidJSON but not for orjson: NaN and the infinities.
+    try:
+        return json.loads(data, parse_constant=_constant)
+    except ValueError:  # "Inf", which RapidJSON takes and the standard parser does not
+        return json.loads(data.replace(b"Inf", b"Infinity"), parse_constant=_constant)
+
+
+def _constant(token: str) -> float:
+    return float(token.replace("Infinity", "inf").replace("NaN", "nan"))
+
+
+class _Scanner:
+    """A syntax-only walk over the document that stops at RapidJSON's first error."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def peek(self) -> int:
+        return self.data[self.pos] if self.pos < len(self.data) else 0
+
+    def skip_ws(self) -> None:
+        data, pos = self.data, self.pos
+        while pos < len(data) and data[pos] in _WS:
+            pos += 1
+        self.pos = pos
+
+    def fail(self, message: str, offset: int | None = None) -> None:
+        raise JsonSyntaxError(message, self.pos if offset is None else offset)
+
+    def document(self) -> None:
+        self.skip_ws()
+        if self.pos >= len(self.data):
+            self.fail(EMPTY)
+        self.value()
+        self.skip_ws()
+        if self.pos < len(self.data):
+            self.fail(ROOT_NOT_SINGULAR)
+
+    def value(self) -> None:
+        c = self.peek()
+        if c == ord("n"):
+            self.literal(b"null")
+        elif c == ord("t"):
+            self.literal(b"true")
+        elif c == ord("f"):
+            self.literal(b"false")
+        elif c == ord('"'):
+            self.string()
+        elif c == ord("{"):
+            self.obj()
+        elif c == ord("["):
+            self.array()
+        else:
+            self.number()
+
+    def literal(self, word: bytes) -> None:
+        start = self.pos
+        for i, expected in enumerate(word):
+            if self.peek() != expected:
+                self.fail(INVALID_VALUE, self.pos if i else start)
+            self.pos += 1
+
+    def string(self) -> None:
+        self.pos += 1
+        data = self.data
+        while True:
+            c = self.peek()
+            if self.pos >= len(data):
+                self.fail(MISS_QUOTE)
+            if c == ord('"'):
+                self.pos += 1
+                return
+            if c == ord("\\"):
+                escape_at = self.pos
+                self.pos += 1
+                e = self.peek()
+                if self.pos >= len(data) or e not in _ESCAPES:
+                    self.fail(BAD_ESCAPE, escape_at)
+                self.pos += 1
+                if e == ord("u"):
+                    for _ in range(4):
+                        if self.peek() not in _HEX or self.pos >= len(data):
+                            self.fail(BAD_UNICODE_HEX, escape_at)
+                        self.pos += 1
+            elif c < 0x20:
+                self.fail(BAD_ENCODING)
+            else:
+                self.pos += 1
+
+    def obj(self) -> None:
+        self.pos += 1
+        self.skip_ws()
+        if self.peek() == ord("}"):
+            self.pos += 1
+            return
+        while True:
+            if self.peek() != ord('"'):
+                self.fail(MISS_NAME)
+            self.string()
+            self.skip_ws()
+            if self.peek() != ord(":"):
+                self.fail(MISS_COLON)
+            self.pos += 1
+            self.skip_ws()
+            self.value()
+            self.skip_ws()
+            c = self.peek()
+            if c == ord(","):
+                self.pos += 1
+                self.skip_ws()
+            elif c == ord("}"):
+                self.pos += 1
+                return
+            else:
+                self.fail(MISS_COMMA_OBJECT)
+
+    def array(self) -> None:
+        self.pos += 1
+        self.skip_ws()
+        if self.peek() == ord("]"):
+            self.pos += 1
+            return
+        while True:
+            self.value()
+            self.skip_ws()
+            c = self.peek()
+            if c == ord(","):
+                self.pos += 1
+                self.skip_ws()
+            elif c == ord("]"):
+                self.pos += 1
+                return
+            else:
+                self.fail(MISS_COMMA_ARRAY)
+
+    def number(self) -> None:
+        start = self.pos
+        if self.peek() == ord("-"):
+            self.pos += 1
+        c = self.peek()
+        if c == ord("N"):
+            self._word(b"NaN", start)
+            return
+        if c == ord("I"):
+            self._word(b"Inf", start)
+            if self.data.startswith(b"inity", self.pos):
+                self.pos += 5
+            return
+        if c not in _DIGITS or self.pos >= len(self.data):
+            self.fail(INVALID_VALUE, start)
+        if c == ord("0"):
+            self.pos += 1
+        else:
+            self._digits()
+        if self.peek() == ord("."):
+            self.pos += 1
+            if self.peek() not in _DIGITS or self.pos >= len(self.data):
+                self.fail(MISS_FRACTION)
+            self._digits()
+        if self.peek() in (ord("e"), ord("E")) and self.pos < len(self.data):
+            self.pos += 1
+            if self.peek() in (ord("+"), ord("-")):
+                self.pos += 1
+            if self.peek() not in _DIGITS or self.pos >= len(self.data):
+                self.fail(MISS_EXPONENT)
+            self._digits()
+
+    def _word(self, word: bytes, start: int) -> None:
+        if not self.data.startswith(word, self.pos):
+            self.fail(INVALID_VALUE, start)
+        self.pos += len(word)
+
+    def _digits(self) -> None:
+        data, pos = self.data, self.pos
+        while pos < len(data) and data[pos] in _DIGITS:
+            pos += 1
+        self.pos = pos

@@ -1,0 +1,191 @@
+"""Tensor contents as the HTTP front end reads and writes them, with Triton's checks and words.
+
+JSON ``data`` is typed strictly, as Triton's RapidJSON accessors are: a boolean is not a number,
+a float is not an integer, integers wrap to the tensor's width only after fitting 64 bits. A
+wrong element or element count is an INTERNAL error in Triton (HTTP 500), which is kept here on
+purpose. BYTES counts and length prefixes are checked with the messages Triton's core uses.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+import orjson
+
+from server.errors import internal, invalid_arg
+from server.tensors import BYTES, NUMPY_DTYPES, element_count
+
+JSON_FORBIDDEN = ("FP16", "BF16")
+_SIGNED = ("INT8", "INT16", "INT32", "INT64")
+_UNSIGNED = ("UINT8", "UINT16", "UINT32", "UINT64")
+_FLOATS = ("FP32", "FP64")
+_LENGTH = struct.Struct("<I")
+
+
+def request_prefix(request_id: str) -> str:
+    return f"[request id: {request_id or '<id_unknown>'}] "
+
+
+def json_tensor(data: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``data`` of one JSON input as a flat-then-reshaped array; BYTES stays flat (its count is
+    checked later, with the model's name in the message)."""
+    if not isinstance(data, list):
+        raise internal("Unable to parse 'data': attempt to access JSON non-array as array")
+    kinds = set(map(type, data))
+    if list in kinds:
+        data = _flatten(data)
+        kinds = set(map(type, data))
+    if datatype == BYTES:
+        if kinds - {str}:
+            raise internal(
+                "Unable to parse JSON bytes array: attempt to access JSON non-string as string"
+            )
+        array = np.empty(len(data), dtype=object)
+        array[:] = [item.encode("utf-8") for item in data]
+        return array
+    array = _typed(data, kinds, datatype)
+    if array.size != element_count(shape):
+        raise internal("Unable to parse 'data': Shape does not match true shape of 'data' field")
+    return array.reshape(shape)
+
+
+def _typed(data: list[Any], kinds: set[type], datatype: str) -> np.ndarray:
+    dtype = NUMPY_DTYPES[datatype]
+    if datatype == "BOOL":
+        if kinds - {bool}:
+            raise internal("Unable to parse 'data': attempt to access JSON non-boolean as boolean")
+        return np.array(data, dtype=np.bool_)
+    if datatype in _FLOATS:
+        if kinds - {int, float}:
+            raise internal("Unable to parse 'data': attempt to access JSON non-number as double")
+        with np.errstate(over="ignore"):
+            try:
+                return np.array(data, dtype=np.float64).astype(dtype)
+            except OverflowError:
+                raise internal(
+                    "Unable to parse 'data': attempt to access JSON non-number as double"
+                ) from None
+    wide, words = (
+        (np.int64, "signed-integer") if datatype in _SIGNED else (np.uint64, "unsigned-integer")
+    )
+    if kinds - {int}:
+        raise internal(f"Unable to parse 'data': attempt to access JSON non-{words} as {words}")
+    try:
+        values = np.array(data, dtype=wide)
+    except OverflowError:
+        raise internal(
+            f"Unable to parse 'data': attempt to access JSON non-{words} as {words}"
+        ) from None
+    return values.astype(dtype)
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+def check_bytes_count(
+    array: np.ndarray, shape: tuple[int, ...], name: str, model: str, request_id: str
+) -> np.ndarray:
+    expected = element_count(shape)
+    got = len(array)
+    if got < expected:
+        raise invalid_arg(
+            f"{request_prefix(request_id)}expected {expected} string elements for inference input "
+            f"'{name}' for model '{model}', got {got}"
+        )
+    if got > expected:
+        raise invalid_arg(
+            f"{request_prefix(request_id)}unexpected number of string elements {got} for inference "
+            f"input '{name}' for model '{model}', expecting {expected}"
+        )
+    return array.reshape(shape)
+
+
+def binary_bytes_tensor(
+    buffer: memoryview, shape: tuple[int, ...], name: str, model: str, request_id: str
+) -> np.ndarray:
+    """Length-prefixed BYTES elements. The count is checked first; a prefix that claims more
+    bytes than remain ends the walk and only fails when the count itself was right."""
+    total = len(buffer)
+    items: list[bytes] = []
+    offset = 0
+    overrun: tuple[int, int] | None = None
+    while offset < total:
+        remaining = total - offset
+        if remaining < 4:
+            raise invalid_arg(
+                f"{request_prefix(request_id)}incomplete string length indicator for inference input "
+                f"'{name}' for model '{model}', expecting 4 bytes but only {remaining} bytes "
+                "available. Please make sure the string length indicator is in one buffer."
+            )
+        (length,) = _LENGTH.unpack_from(buffer, offset)
+        offset += 4
+        if length > total - offset:
+            overrun = (length, total - offset)
+            items.append(b"")
+            break
+        items.append(bytes(buffer[offset : offset + length]))
+        offset += length
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    array = check_bytes_count(array, shape, name, model, request_id)
+    if overrun is not None:
+        raise invalid_arg(
+            f"incomplete string data for inference input '{name}', expecting string of length "
+            f"{overrun[0]} but only {overrun[1]} bytes available"
+        )
+    return array
+
+
+def numeric_tensor(
+    buffer: memoryview,
+    datatype: str,
+    shape: tuple[int, ...],
+    name: str,
+    model: str,
+    request_id: str,
+) -> np.ndarray:
+    dtype = NUMPY_DTYPES[datatype]
+    expected = element_count(shape) * dtype.itemsize
+    if len(buffer) != expected:
+        raise invalid_arg(
+            f"{request_prefix(request_id)}input byte size mismatch for input '{name}' for model "
+            f"'{model}'. Expected {expected}, got {len(buffer)}"
+        )
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def json_values(array: np.ndarray, datatype: str) -> Any:
+    """An output's flat JSON ``data``. FP32 is written through double precision, as Triton does,
+    and non-finite values as RapidJSON writes them (NaN, Infinity, -Infinity)."""
+    if datatype in JSON_FORBIDDEN:
+        raise invalid_arg(
+            f"sending {datatype} data via JSON is not supported. Please use the binary data format for output"
+        )
+    flat = array.reshape(-1)
+    if datatype == BYTES:
+        return [
+            item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+            for item in flat
+        ]
+    if flat.dtype.kind == "f":
+        flat = flat.astype(np.float64)
+        if not np.isfinite(flat).all():
+            return orjson.Fragment(json.dumps(flat.tolist(), separators=(",", ":")))
+        return flat
+    if not flat.flags.c_contiguous or flat.dtype.byteorder == ">":
+        flat = np.ascontiguousarray(flat, dtype=flat.dtype.newbyteorder("="))
+    return flat
