@@ -1,7 +1,9 @@
-"""Queue policies, priorities, cancellation and instance counts through the real server.
+"""Queue policies, priorities, cancellation, instance counts and error isolation through
+the real server.
 
-The model sleeps as many seconds as its input says, so one long request can hold the only
-instance busy while the test arranges the queue behind it. Each test has its own model.
+The model sleeps as many seconds as its input says (and fails its whole batch when an input
+is negative), so one long request can hold the only instance busy while the test arranges
+the queue behind it. Each test has its own model.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class TritonPythonModel:
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy() for r in requests]
         time.sleep(float(max(a.max() for a in arrays)))
+        if any((a < 0).any() for a in arrays):
+            raise ValueError("negative input")
         return [
             pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT0", a)])
             for a in arrays
@@ -53,14 +57,20 @@ MODELS = {
     "single": "dynamic_batching { }",
     "pair": "dynamic_batching { }",
 }
+ISOLATION = (
+    'parameters { key: "dynamic_batching.error_isolation" value { string_value: "%s" } }\n'
+    "dynamic_batching { preferred_batch_size: [ 4 ] }"
+)
 
 
-def write_sleeper(repo: Path, name: str, extra: str, count: int = 1) -> None:
+def write_sleeper(
+    repo: Path, name: str, extra: str, count: int = 1, max_batch_size: int = 1
+) -> None:
     config = model_config(
         name,
         inputs=[("INPUT0", "FP32", [1])],
         outputs=[("OUTPUT0", "FP32", [1])],
-        max_batch_size=1,
+        max_batch_size=max_batch_size,
         backend="python",
         dynamic_batching=False,
         extra=f"{extra}\ninstance_group [ {{ count: {count}, kind: KIND_CPU }} ]",
@@ -73,6 +83,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo = tmp_path_factory.mktemp("queue")
     for name, extra in MODELS.items():
         write_sleeper(repo, name, extra, count=2 if name == "pair" else 1)
+    write_sleeper(repo, "isolated", ISOLATION % "true", max_batch_size=4)
+    write_sleeper(repo, "unisolated", ISOLATION % "false", max_batch_size=4)
     services = ("http", "grpc", "metrics")
     with run_server(["--model-repository", str(repo)], services=services) as srv:
         yield srv
@@ -230,3 +242,24 @@ def test_each_instance_runs_one_execution_at_a_time(
         ends = [f.result()[0] for f in [pool.submit(infer, url, model, 0.5) for _ in range(2)]]
     assert at_least <= max(ends) - started < below
     assert model_stats(url, model)["execution_count"] == 2
+
+
+@pytest.mark.parametrize(
+    ("model", "failures", "executions"), [("isolated", 1, 3), ("unisolated", 4, 1)]
+)
+def test_error_isolation_fails_only_the_faulty_request(
+    server: ServerProcess, model: str, failures: int, executions: int
+) -> None:
+    url = server.http_url
+    with ThreadPoolExecutor(5) as pool:
+        occupy(pool, url, model, 0.8)
+        batch = [pool.submit(infer, url, model, s) for s in (0.01, -1.0, 0.01, 0.01)]
+        poll(lambda: pending(server, model) == 4)
+        outcomes = [f.result()[1] for f in batch]
+    failed = [n for n, o in enumerate(outcomes) if isinstance(o, InferenceServerException)]
+    assert len(failed) == failures
+    assert 1 in failed
+    stats = model_stats(url, model)
+    # The blocker, then (with isolation) the halves that succeeded: [0] and [2, 3].
+    assert stats["execution_count"] == executions
+    assert stats["inference_count"] == 1 + 4 - failures
