@@ -165,7 +165,9 @@ class InferenceServicer(ControlRpcs, pb_grpc.GRPCInferenceServiceServicer):
         try:
             async for item in self.core.infer_stream(request):
                 if isinstance(item, ServerError):
-                    outbox.put_nowait(grpc_codec.encode_stream_error(request.id, item.message))
+                    outbox.put_nowait(
+                        grpc_codec.encode_stream_error(request.id, item.message, False)
+                    )
                     continue
                 last = item
                 final_sent = final_sent or item.final

@@ -244,8 +244,10 @@ def encode_infer_response(response: InferResponse, extra: Mapping[str, Any] | No
     return message
 
 
-def encode_stream_error(request_id: str, error_message: str) -> Any:
-    """An in-band stream error: the message, and a response that keeps only the id."""
-    return pb.ModelStreamInferResponse(
-        error_message=error_message, infer_response=pb.ModelInferResponse(id=request_id)
-    )
+def encode_stream_error(request_id: str, error_message: str, final: bool | None = None) -> Any:
+    """An in-band stream error: the message, and a response that keeps only the id (and,
+    for a decoupled model's error response, the final flag)."""
+    response = pb.ModelInferResponse(id=request_id)
+    if final is not None:
+        response.parameters[FINAL_RESPONSE].bool_param = final
+    return pb.ModelStreamInferResponse(error_message=error_message, infer_response=response)
