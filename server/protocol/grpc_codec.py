@@ -119,7 +119,7 @@ def decode_infer_request(message: Any) -> InferRequest:
             # Negative dims are reported by validation, with the model's context.
             data = _EMPTY if any(d < 0 for d in dims) else from_buffer(buffer, datatype, dims, name)
         elif has_contents:
-            data = _from_contents(tensor.contents, datatype, dims, name, model)
+            data = _from_contents(tensor.contents, datatype, dims, name, request)
         else:
             raise _missing_data(name, model)
         inputs.append(InferInput(name, datatype, dims, data, params))
@@ -175,8 +175,10 @@ def _check_shm_parameters(params: Mapping[str, Any], name: str) -> None:
 
 
 def _from_contents(
-    contents: Any, datatype: str, dims: tuple[int, ...], name: str, model: str
+    contents: Any, datatype: str, dims: tuple[int, ...], name: str, request: InferRequest
 ) -> np.ndarray:
+    model = request.model_name
+    prefix = f"[request id: {request.id or '<id_unknown>'}] "
     expected_field = _CONTENTS_FIELD.get(datatype)
     for field, _ in contents.ListFields():
         if field.name != expected_field:
@@ -195,8 +197,8 @@ def _from_contents(
     if datatype == BYTES:
         if len(values) != count:
             raise invalid_arg(
-                f"unexpected number of string elements {len(values)} for inference input "
-                f"'{name}', expecting {count}"
+                f"{prefix}expected {count} string elements for inference input '{name}' for "
+                f"model '{model}', got {len(values)}"
             )
         array = np.empty(count, dtype=object)
         array[:] = list(values)
@@ -204,8 +206,8 @@ def _from_contents(
     dtype = NUMPY_DTYPES[datatype]
     if len(values) != count:
         raise invalid_arg(
-            f"input byte size mismatch for input '{name}', expected {count * dtype.itemsize} "
-            f"bytes, got {len(values) * dtype.itemsize} bytes"
+            f"{prefix}input byte size mismatch for input '{name}' for model '{model}'. Expected "
+            f"{count * dtype.itemsize}, got {len(values) * dtype.itemsize}"
         )
     try:
         return np.asarray(values, dtype=dtype).reshape(dims)

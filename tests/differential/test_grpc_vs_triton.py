@@ -130,6 +130,22 @@ EXACT: dict[str, Case] = {
     "missing_raw_entry": ("ModelInfer", lambda: add_sub(raw=[ONES])),
     "no_data": ("ModelInfer", lambda: add_sub(raw=[])),
     "typed_wrong_field": ("ModelInfer", lambda: typed("fp32_contents", [1.0] * 16)),
+    "typed_count_mismatch": ("ModelInfer", lambda: typed("int_contents", list(range(15)))),
+    "typed_bytes_count": (
+        "ModelInfer",
+        lambda: pb.ModelInferRequest(
+            model_name="ident_bytes",
+            id="tb",
+            inputs=[
+                Tensor(
+                    name="INPUT0",
+                    datatype="BYTES",
+                    shape=[1, 2],
+                    contents=pb.InferTensorContents(bytes_contents=[b"a"]),
+                )
+            ],
+        ),
+    ),
     "fp16_typed": ("ModelInfer", lambda: typed("fp32_contents", [1.0] * 16, "FP16")),
     "reserved_parameter": (
         "ModelInfer",
@@ -213,7 +229,6 @@ EXACT: dict[str, Case] = {
 # Same status code; the message wording differs (our tensor codec words these itself).
 CODE_ONLY: dict[str, Case] = {
     "raw_size_mismatch": ("ModelInfer", lambda: add_sub(raw=[ONES, ONES[:-4]])),
-    "typed_count_mismatch": ("ModelInfer", lambda: typed("int_contents", list(range(15)))),
     "bytes_overrun": (
         "ModelInfer",
         lambda: pb.ModelInferRequest(
