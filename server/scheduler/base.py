@@ -142,7 +142,8 @@ class Scheduler(abc.ABC):
         if isinstance(result, ServerError):
             future.set_exception(result)
         else:
-            future.set_result(result)
+            # ``submit`` made this future for the outputs, not for a response.
+            future.set_result(result)  # type: ignore[arg-type]
 
     def _execute(
         self, instance: ModelInstance, batch: list[InferRequest], timing: Timing
