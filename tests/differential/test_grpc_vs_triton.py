@@ -3,7 +3,10 @@ stream behaviour and shared-memory answers. Both servers run the same Python-bac
 
 from __future__ import annotations
 
+import json
 import shutil
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,14 +41,17 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stubs(repo: Path) -> Iterator[dict[str, Any]]:
+def servers(repo: Path) -> Iterator[dict[str, Any]]:
+    args = ["--model-repository", str(repo), "--allow-client-shm=true"]
+    with run_server(args, services=("http", "grpc")) as ours, start_triton(repo) as theirs:
+        yield {"ours": ours, "triton": theirs}
+
+
+@pytest.fixture(scope="module")
+def stubs(servers: dict[str, Any]) -> Iterator[dict[str, Any]]:
     with (
-        run_server(
-            ["--model-repository", str(repo), "--allow-client-shm=true"], services=("http", "grpc")
-        ) as ours,
-        start_triton(repo) as theirs,
-        grpc.insecure_channel(ours.grpc_url) as our_channel,
-        grpc.insecure_channel(theirs.grpc_url) as their_channel,
+        grpc.insecure_channel(servers["ours"].grpc_url) as our_channel,
+        grpc.insecure_channel(servers["triton"].grpc_url) as their_channel,
     ):
         yield {
             "ours": pb_grpc.GRPCInferenceServiceStub(our_channel),
@@ -376,3 +382,49 @@ def test_decoupled_stream(stubs: dict[str, Any]) -> None:
         requests = [repeat([4, -2, 6], "x", empty_final)]
         ours, theirs = (_stream(stubs[side], requests) for side in ("ours", "triton"))
         assert ours == theirs, (empty_final, ours, theirs)
+
+
+HTTP_CASES: list[tuple[str, str, Any]] = [
+    ("GET", "/v2/trace/setting", None),
+    ("GET", "/v2/models/add_sub/trace/setting", None),
+    ("GET", "/v2/models/nope/trace/setting", None),
+    ("POST", "/v2/trace/setting", {"trace_rate": "abc"}),
+    ("POST", "/v2/models/add_sub/trace/setting", {"trace_rate": "20"}),
+    ("GET", "/v2/models/add_sub/trace/setting", None),
+    ("POST", "/v2/models/add_sub/trace/setting", {"trace_rate": None}),
+    ("GET", "/v2/models/add_sub/versions/1/trace/setting", None),
+    ("GET", "/v2/logging", None),
+    ("POST", "/v2/logging", {"log_file": "/tmp/elsewhere.log"}),
+    ("POST", "/v2/logging", {"log_verbose_level": 0}),
+    ("GET", "/v2/systemsharedmemory/status", None),
+    ("GET", "/v2/systemsharedmemory/region/nope/status", None),
+    ("POST", "/v2/systemsharedmemory/region/nope/unregister", None),
+    (
+        "POST",
+        "/v2/systemsharedmemory/region/x/register",
+        {"key": "/no_such_key_here", "offset": 0, "byte_size": 64},
+    ),
+    ("POST", "/v2/systemsharedmemory/region/x/register", {"offset": 0, "byte_size": 64}),
+    ("POST", "/v2/systemsharedmemory/region/x/register", {"key": "/no_such_key_here"}),
+    ("GET", "/v2/cudasharedmemory/status", None),
+    ("GET", "/v2/cudasharedmemory/region/nope/status", None),
+    ("POST", "/v2/cudasharedmemory/unregister", None),
+]
+
+
+def http_answer(url: str, method: str, path: str, body: Any) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://{url}{path}", method=method, data=data)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, payload = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, payload = exc.code, exc.read()
+    return status, json.loads(payload) if payload else None
+
+
+def test_http_extension_endpoints(servers: dict[str, Any]) -> None:
+    for method, path, body in HTTP_CASES:
+        ours = http_answer(servers["ours"].http_url, method, path, body)
+        theirs = http_answer(servers["triton"].http_url, method, path, body)
+        assert ours == theirs, (method, path, body)
