@@ -149,9 +149,9 @@ def _apply_request_parameters(request: InferRequest, params: Mapping[str, Any]) 
             raise invalid_arg(f"invalid value type for '{key}' parameter, expected {typed[1]}.")
         value = getattr(param, which) if which else None
         if key == "priority":
-            request.priority = max(int(value), 0)
+            request.priority = max(int(value or 0), 0)
         elif key == "timeout":
-            request.timeout_us = max(int(value), 0)
+            request.timeout_us = max(int(value or 0), 0)
         values[key] = value
     request.parameters = values
 
