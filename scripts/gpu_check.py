@@ -1,0 +1,219 @@
+"""Check device discovery, instance pinning and GPU metrics on a machine with a GPU.
+
+    python scripts/gpu_check.py [--require-gpu]
+
+For every device the server discovers it prints what it found (GPU or MIG slice), loads an
+ONNX model instance pinned to that device through the server's own loading path and checks
+that onnxruntime's CUDA provider runs it with that ``device_id`` and that NVML sees this
+process on that device; cross-checks the device list with PyTorch where installed; and
+scrapes the metrics app for the ``nv_gpu_*`` families of each device. It prints one JSON
+report and exits non-zero when a check fails (or, with --require-gpu, when no GPU is found).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from server.devices import DeviceLayer, GpuDevice  # noqa: E402
+
+
+def _model_dir(root: Path, gpu: int) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    directory = root / f"pinned_{gpu}"
+    (directory / "1").mkdir(parents=True)
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 1024])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 1024])
+    graph = helper.make_graph([helper.make_node("Add", ["X", "X"], ["Y"])], "double", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.save(model, str(directory / "1" / "model.onnx"))
+    (directory / "config.pbtxt").write_text(
+        f'name: "pinned_{gpu}"\nbackend: "onnxruntime"\nmax_batch_size: 8\n'
+        'input [ { name: "X" data_type: TYPE_FP32 dims: [ 1024 ] } ]\n'
+        'output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1024 ] } ]\n'
+        f"instance_group [ {{ kind: KIND_GPU gpus: [ {gpu} ] count: 1 }} ]\n"
+    )
+    return directory
+
+
+def check_pinning(device: GpuDevice, gpus: list[GpuDevice], workdir: Path) -> dict[str, Any]:
+    """Load through the manager's own steps and run one batch on the device."""
+    import numpy as np
+
+    from server.backends.registry import get_backend
+    from server.repository import config as cfg
+    from server.repository.manager import instance_specs
+    from server.repository.view import build_view
+
+    model_dir = _model_dir(workdir, device.index)
+    config = cfg.load_model_config(model_dir, model_dir.name, gpu_count=len(gpus))
+    spec = instance_specs(config, gpus)[0]
+    result: dict[str, Any] = {
+        "spec": [spec.kind, spec.device_id, spec.device_uuid, spec.device_name]
+    }
+    instance = get_backend("onnxruntime").load(
+        config, build_view(config, "1", {}), model_dir / "1", spec
+    )
+    session = instance._session  # type: ignore[attr-defined]
+    providers = session.get_providers()
+    options = session.get_provider_options().get("CUDAExecutionProvider", {})
+    out = session.run(None, {"X": np.ones((8, 1024), dtype=np.float32)})[0]
+    result.update(
+        providers=providers,
+        cuda_device_id=options.get("device_id"),
+        output_ok=bool(np.allclose(out, 2.0)),
+        nvml_sees_process=_process_on(device),
+    )
+    result["ok"] = (
+        providers[0] == "CUDAExecutionProvider"
+        and str(options.get("device_id")) == str(device.index)
+        and result["output_ok"]
+        and result["nvml_sees_process"] is not False
+    )
+    return result
+
+
+def _process_on(device: GpuDevice) -> bool | None:
+    """Whether NVML lists this process on the device; None where it cannot say (MIG
+    slices inside containers often hide process lists)."""
+    try:
+        import pynvml
+
+        handle = pynvml.nvmlDeviceGetHandleByUUID(device.uuid)
+        processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    except Exception:
+        return None
+    if not processes:
+        return None
+    return any(p.pid == os.getpid() for p in processes)
+
+
+def check_torch(gpus: list[GpuDevice]) -> dict[str, Any]:
+    try:
+        import torch
+    except ImportError:
+        return {"skipped": "torch is not installed"}
+    if not torch.cuda.is_available():
+        return {"ok": not gpus, "cuda_available": False}
+    seen = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        uuid = str(getattr(props, "uuid", ""))
+        seen.append({"index": index, "name": props.name, "uuid": uuid})
+    ours = [_bare(g.uuid) for g in gpus]
+    theirs = [_bare(s["uuid"]) for s in seen]
+    # PyTorch places tensors by the same CUDA ordinals the server pins instances to.
+    tensor_ok = True
+    for gpu in gpus:
+        tensor = torch.ones(4, device=f"cuda:{gpu.index}")
+        tensor_ok = tensor_ok and tensor.device.index == gpu.index
+    return {"ok": ours == theirs and tensor_ok, "devices": seen}
+
+
+def _bare(uuid: str) -> str:
+    for prefix in ("GPU-", "MIG-"):
+        uuid = uuid.removeprefix(prefix)
+    return uuid.lower()
+
+
+def check_metrics(layer: DeviceLayer, gpus: list[GpuDevice]) -> dict[str, Any]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from server.metrics.endpoint import create_metrics_app
+
+    class _Manager:
+        listeners: list[Any] = []
+        devices = layer
+
+        def ready_versions(self) -> list[Any]:
+            return []
+
+    class _Core:
+        manager = _Manager()
+
+    class _Settings:
+        metrics_config: list[str] = []
+        allow_gpu_metrics = True
+        allow_cpu_metrics = True
+        metrics_interval_ms = 200
+
+    app = create_metrics_app(_Core(), _Settings())
+    try:
+        time.sleep(0.5)  # let the poller take a second reading for utilisation and energy
+        text = asyncio.run(_scrape(app))
+    finally:
+        app.close()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    per_device = {
+        name: sorted(s.labels.get("gpu_uuid", "") for s in families[name].samples)
+        for name in families
+        if name.startswith(("nv_gpu_", "nv_energy"))
+    }
+    expected = sorted(g.uuid for g in gpus)
+    memory_ok = per_device.get("nv_gpu_memory_total_bytes") == expected
+    return {"ok": memory_ok or not gpus, "families": per_device}
+
+
+async def _scrape(app: Any) -> str:
+    import httpx
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://metrics") as client:
+        response = await client.get("/metrics")
+    return response.text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--require-gpu", action="store_true", help="fail when no GPU is found")
+    args = parser.parse_args()
+    layer = DeviceLayer()
+    gpus = layer.gpus()
+    report: dict[str, Any] = {
+        "devices": [
+            {
+                "index": g.index,
+                "uuid": g.uuid,
+                "name": g.name,
+                "mig": g.is_mig,
+                "profile": g.profile,
+                "parent": g.parent_uuid,
+                "memory_total": g.memory_total,
+            }
+            for g in gpus
+        ],
+        "telemetry": [s.__repr__() for s in layer.sample(gpus)],
+    }
+    ok = bool(gpus) or not args.require_gpu
+    with tempfile.TemporaryDirectory() as workdir:
+        report["pinning"] = {}
+        for gpu in gpus:
+            try:
+                result = check_pinning(gpu, gpus, Path(workdir))
+            except Exception as exc:
+                result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            report["pinning"][gpu.uuid] = result
+            ok = ok and result["ok"]
+    report["torch"] = check_torch(gpus)
+    report["metrics"] = check_metrics(layer, gpus)
+    ok = ok and report["torch"].get("ok", True) and report["metrics"]["ok"]
+    report["ok"] = ok
+    print(json.dumps(report, indent=2, default=str))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
