@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -129,10 +129,10 @@ def execute_async(request: InferenceRequest, decoupled: bool) -> Any:
     """Start the request now; the returned awaitable resolves on the caller's own loop."""
     core, loop = _target()
     server_request = to_server_request(request)
-    if decoupled:
-        future = asyncio.run_coroutine_threadsafe(_collect(core, server_request), loop)
-    else:
-        future = asyncio.run_coroutine_threadsafe(_unary(core, server_request), loop)
+    work: Coroutine[Any, Any, Any] = (
+        _collect(core, server_request) if decoupled else _unary(core, server_request)
+    )
+    future = asyncio.run_coroutine_threadsafe(work, loop)
 
     async def wait() -> Any:
         return await asyncio.wrap_future(future)
