@@ -3,8 +3,6 @@ process tree is charged for its CPU time."""
 
 from __future__ import annotations
 
-import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -17,19 +15,22 @@ from bench.scenarios import Scenario
 from bench.targets import Target, tree_cpu_seconds, tree_rss_bytes
 
 
-def check_answer(target: Target, model: str, scenario: Scenario) -> None:
-    """One request before the load: the right status, shape and (for identity) values."""
+def check_answer(target: Target, model: str, scenario: Scenario) -> int:
+    """One request before the load: the right status, shape and (for identity) values.
+    Returns the size of the good gRPC answer as framed on the wire (0 for HTTP)."""
     spec = scenario.spec
     payload = payloads.build(scenario.protocol, model, spec.input_size)
     expected = payloads.expected_output(spec.input_size)
+    size = 0
     if scenario.protocol == "grpc":
-        output = _grpc_once(target, payload.body)
+        output, size = _grpc_once(target, payload.body)
     else:
         output = _http_once(target, model, payload)
     if output.shape != (1, spec.output_size):
         raise AssertionError(f"{target.name} {scenario.key}: output shape {output.shape}")
     if spec.onnx_file == "identity" and not np.array_equal(output, expected):
         raise AssertionError(f"{target.name} {scenario.key}: identity changed the values")
+    return size
 
 
 def _http_once(target: Target, model: str, payload: payloads.Payload) -> np.ndarray:
@@ -50,7 +51,7 @@ def _http_once(target: Target, model: str, payload: payloads.Payload) -> np.ndar
     return np.frombuffer(body[int(length) :], dtype="<f4").reshape(out["shape"])
 
 
-def _grpc_once(target: Target, body: bytes) -> np.ndarray:
+def _grpc_once(target: Target, body: bytes) -> tuple[np.ndarray, int]:
     import grpc
 
     from server.protocol.generated import grpc_service_pb2 as pb
@@ -63,75 +64,44 @@ def _grpc_once(target: Target, body: bytes) -> np.ndarray:
         data = np.frombuffer(response.raw_output_contents[0], dtype="<f4")
     else:
         data = np.asarray(out.contents.fp32_contents, dtype=np.float32)
-    return data.reshape(tuple(out.shape))
+    return data.reshape(tuple(out.shape)), len(grpc_load.frame(raw))
 
 
 def run(
-    target: Target, model: str, scenario: Scenario, workdir: Path, duration: float, warmup: float
-) -> dict[str, Any]:
-    payload = payloads.build(scenario.protocol, model, scenario.spec.input_size)
-    if scenario.protocol == "grpc":
-        result = _run_grpc(target, payload.body, scenario.concurrency, duration, warmup)
-    else:
-        result = _run_http(target, model, payload, scenario, workdir, duration, warmup)
-    requests = max(result["requests"], 1)
-    result["server_cpu_us_per_req"] = result.pop("server_cpu_s") / requests * 1e6
-    result["client_cpu_us_per_req"] = result["client_cpu_s"] / requests * 1e6
-    result["server_rss_mb"] = tree_rss_bytes(target.pid) / 2**20
-    return result
-
-
-def _run_http(
     target: Target,
     model: str,
-    payload: payloads.Payload,
     scenario: Scenario,
     workdir: Path,
     duration: float,
     warmup: float,
+    good_bytes: int = 0,
 ) -> dict[str, Any]:
+    payload = payloads.build(scenario.protocol, model, scenario.spec.input_size)
     name = f"{target.name}-{model}-{scenario.protocol}".replace("/", "_")
-    script = http_load.write_script(workdir / "wrk", name, payload)
-    url = f"http://127.0.0.1:{target.http_port}/v2/models/{model}/infer"
-    if warmup > 0:
-        http_load.run_wrk(url, script, scenario.concurrency, warmup)
-    cpu0 = tree_cpu_seconds(target.pid)
-    result = http_load.run_wrk(url, script, scenario.concurrency, duration)
-    result["server_cpu_s"] = tree_cpu_seconds(target.pid) - cpu0
-    return result
+    if scenario.protocol == "grpc":
+        body = workdir / "load" / f"{name}.grpc"
+        body.parent.mkdir(parents=True, exist_ok=True)
+        body.write_bytes(grpc_load.frame(payload.body))
+        log = workdir / "load" / f"{name}.log"
 
-
-def _run_grpc(
-    target: Target, body: bytes, concurrency: int, duration: float, warmup: float
-) -> dict[str, Any]:
-    start_at = time.time() + 3.0  # spawned workers import grpc and connect before this
-    warm_end = start_at + warmup
-    end = warm_end + duration
-    box: dict[str, Any] = {}
-
-    def load() -> None:
-        try:
-            box["result"] = grpc_load.run_load(
-                f"127.0.0.1:{target.grpc_port}",
-                body,
-                concurrency,
-                duration,
-                warmup,
-                grpc_load.default_procs(concurrency),
-                start_at=start_at,
+        def once(seconds: float) -> dict[str, Any]:
+            return grpc_load.run_h2load(
+                target.grpc_port, body, log, scenario.concurrency, seconds, good_bytes
             )
-        except BaseException as exc:  # reported by the caller's thread
-            box["error"] = exc
+    else:
+        script = http_load.write_script(workdir / "load", name, payload)
+        url = f"http://127.0.0.1:{target.http_port}/v2/models/{model}/infer"
 
-    thread = threading.Thread(target=load, daemon=True)
-    thread.start()
-    time.sleep(max(0.0, warm_end - time.time()))
+        def once(seconds: float) -> dict[str, Any]:
+            return http_load.run_wrk(url, script, scenario.concurrency, seconds)
+
+    if warmup > 0:
+        once(warmup)
     cpu0 = tree_cpu_seconds(target.pid)
-    time.sleep(max(0.0, end - time.time()))
-    cpu1 = tree_cpu_seconds(target.pid)
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    result = box["result"]
-    result["server_cpu_s"] = cpu1 - cpu0
+    result = once(duration)
+    cpu = tree_cpu_seconds(target.pid) - cpu0
+    requests = max(result["requests"], 1)
+    result["server_cpu_us_per_req"] = cpu / requests * 1e6
+    result["client_cpu_us_per_req"] = result["client_cpu_s"] / requests * 1e6
+    result["server_rss_mb"] = tree_rss_bytes(target.pid) / 2**20
     return result

@@ -101,9 +101,17 @@ def run_target(
                 "load1": os.getloadavg()[0],
             }
             try:
-                measure.check_answer(target, model, scenario)
+                good_bytes = measure.check_answer(target, model, scenario)
                 row.update(
-                    measure.run(target, model, scenario, args.workdir, args.duration, args.warmup)
+                    measure.run(
+                        target,
+                        model,
+                        scenario,
+                        args.workdir,
+                        args.duration,
+                        args.warmup,
+                        good_bytes,
+                    )
                 )
             except Exception as exc:  # one broken scenario must not lose the others
                 row["failure"] = f"{type(exc).__name__}: {exc}"[:500]
