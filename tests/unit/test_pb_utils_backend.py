@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import textwrap
 import threading
 from pathlib import Path
@@ -251,3 +252,26 @@ def test_config_json_given_to_initialize_is_tritons(tmp_path: Path) -> None:
     """
     config, _, instance = _load(_write(tmp_path, source, IDENTITY_CONFIG))
     assert json.loads(instance._model.config) == config_to_json_dict(config)  # type: ignore[attr-defined]
+
+
+def test_model_module_is_registered_while_loaded(tmp_path: Path) -> None:
+    source = """
+        import pickle
+        import sys
+        from dataclasses import dataclass
+
+        @dataclass
+        class Settings:
+            scale: int = 3
+
+        class TritonPythonModel:
+            def initialize(self, args):
+                self.settings = pickle.loads(pickle.dumps(Settings()))
+                self.module_name = __name__
+    """
+    _, _, instance = _load(_write(tmp_path, source, IDENTITY_CONFIG))
+    name = instance._model.module_name  # type: ignore[attr-defined]
+    assert instance._model.settings.scale == 3  # type: ignore[attr-defined]
+    assert name in sys.modules
+    instance.unload()
+    assert name not in sys.modules

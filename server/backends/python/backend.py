@@ -63,8 +63,20 @@ def import_model(path: Path, label: str) -> ModuleType:
         folder = str(path.parent)
         if folder not in sys.path:
             sys.path.append(folder)
-        spec.loader.exec_module(module)
+        # Registered like any import, so dataclasses, pickling and type hints in the model
+        # can find their module; ``forget_model`` drops it at unload.
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
     return module
+
+
+def forget_model(module: ModuleType | None) -> None:
+    if module is not None:
+        sys.modules.pop(module.__name__, None)
 
 
 def _describe(exc: BaseException) -> str:
@@ -96,11 +108,14 @@ class PythonBackend(Backend):
         if not path.is_file():
             return
         try:
-            cls = _model_class(import_model(path, f"{config.name}_autocomplete"), path)
-        except ServerError:
-            return
+            module = import_model(path, f"{config.name}_autocomplete")
         except Exception as exc:
             raise invalid_arg(f"failed to import '{path}': {_describe(exc)}") from None
+        forget_model(module)
+        try:
+            cls = _model_class(module, path)
+        except ServerError:
+            return
         hook = getattr(cls, "auto_complete_config", None)
         if hook is None:
             return
@@ -137,6 +152,7 @@ class PythonBackend(Backend):
                 "model '%s': EXECUTION_ENV_PATH is ignored; the model runs in the server's environment",
                 config.name,
             )
+        module = None
         try:
             module = import_model(path, f"{config.name}_{view.version}_{instance.name}")
             model = _model_class(module, path)()
@@ -153,18 +169,23 @@ class PythonBackend(Backend):
             if initialize is not None:
                 initialize(args)
         except ServerError:
+            forget_model(module)
             raise
         except Exception as exc:
+            forget_model(module)
             log.error("model '%s' failed to initialize:\n%s", config.name, traceback.format_exc())
             raise unavailable(
                 f"Failed to initialize model '{config.name}': {_describe(exc)}"
             ) from None
-        return PythonInstance(model, view, instance)
+        return PythonInstance(model, view, instance, module)
 
 
 class PythonInstance(ModelInstance):
-    def __init__(self, model: Any, view: ModelView, instance: InstanceSpec) -> None:
+    def __init__(
+        self, model: Any, view: ModelView, instance: InstanceSpec, module: ModuleType | None = None
+    ) -> None:
         self._model = model
+        self._module = module
         self._view = view
         self._name = instance.name
         self._is_async = inspect.iscoroutinefunction(getattr(model, "execute", None))
@@ -253,6 +274,7 @@ class PythonInstance(ModelInstance):
         finally:
             if self._loop is not None:
                 self._loop.close()
+            forget_model(self._module)
 
 
 def _build(request: InferRequest, view: ModelView, outputs: dict[str, Any]) -> InferResponse:
