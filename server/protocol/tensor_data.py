@@ -47,9 +47,11 @@ def json_tensor(data: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
         array[:] = [item.encode("utf-8") for item in data]
         return array
     array = _typed(data, kinds, datatype)
-    if array.size != element_count(shape):
+    # Triton counts the elements of an empty shape as zero, not one.
+    expected = element_count(shape) if shape else 0
+    if array.size != expected:
         raise internal("Unable to parse 'data': Shape does not match true shape of 'data' field")
-    return array.reshape(shape)
+    return array.reshape(shape) if shape else array
 
 
 def _typed(data: list[Any], kinds: set[type], datatype: str) -> np.ndarray:

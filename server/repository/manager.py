@@ -133,8 +133,11 @@ class ModelManager:
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         rows: list[dict[str, str]] = []
+        repositories = set(self.repositories)
         for name in sorted(self.models):
             entry = self.models[name]
+            if entry.path is None or entry.path.parent not in repositories:
+                continue  # loaded from uploaded files: Triton's index lists repository models only
             if entry.versions:
                 for number in sorted(entry.versions):
                     loaded = entry.versions[number]
