@@ -40,9 +40,18 @@ REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 Key = tuple[str, str, tuple[tuple[str, str], ...]]
 
 
-def scrape(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
+def scrape(url: str, timeout: float = 10.0) -> dict[str, Any]:
+    # tritonserver logs "Started Metrics Service" a moment before its socket listens.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text = response.read().decode()
+            break
+        except urllib.error.URLError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # between attempts to reach a real endpoint
     return {f.name: f for f in text_string_to_metric_families(text) if f.name.startswith("nv_")}
 
 
