@@ -70,7 +70,12 @@ class MetricsApp:
         text = render(
             all_families(versions, self.poller.snapshot, self.options, cpu=self._cpu, gpu=self._gpu)
         )
-        return text.encode() + self.extras.render()
+        try:
+            extras = self.extras.render()
+        except Exception:  # Triton's families must reach the autoscaler regardless
+            log.exception("rendering the extra metrics failed")
+            extras = b""
+        return text.encode() + extras
 
     def close(self) -> None:
         self.poller.stop()

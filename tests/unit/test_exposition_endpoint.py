@@ -211,3 +211,18 @@ async def test_extras_batch_size_queue_delay_and_queue_depth(make_app: Any) -> N
     assert found["process_cpu_seconds"].type == "counter"
     # The extras never carry Triton's family names.
     assert sum(line.startswith("# TYPE nv_inference_count ") for line in text.splitlines()) == 1
+
+
+class BrokenScheduler:
+    @property
+    def current_delay_us(self) -> int:
+        raise RuntimeError("scheduler torn down")
+
+
+async def test_a_failing_extra_does_not_cost_the_triton_families(make_app: Any) -> None:
+    app = make_app([], FakeManager([loaded_version("m", BrokenScheduler())]))
+    response = await get(app)
+    assert response.status_code == 200
+    found = families(response.text)
+    assert found["nv_inference_request_success"].samples[0].value == 0
+    assert "inference_queue_delay_us" not in found
