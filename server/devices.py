@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +159,12 @@ def mig_profile(name: str) -> str:
     return name.split(marker, 1)[1].strip() if marker in name else ""
 
 
-_nvml_module: object | None = None
+_nvml_module: Any = None
 _nvml_failed = False
 _nvml_lock = threading.Lock()
 
 
-def _nvml() -> object | None:
+def _nvml() -> Any:
     global _nvml_module, _nvml_failed
     with _nvml_lock:
         if _nvml_module is not None or _nvml_failed:
@@ -186,15 +187,15 @@ def _nvml_devices() -> list[_NvmlDevice]:
         return []
     found: list[_NvmlDevice] = []
     try:
-        count = nvml.nvmlDeviceGetCount()  # type: ignore[attr-defined]
+        count = nvml.nvmlDeviceGetCount()
     except Exception as exc:
         log.warning("GPU discovery through NVML failed: %s", exc)
         return []
     for index in range(count):
         try:
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)  # type: ignore[attr-defined]
-            uuid = _text(nvml.nvmlDeviceGetUUID(handle))  # type: ignore[attr-defined]
-            name = _text(nvml.nvmlDeviceGetName(handle))  # type: ignore[attr-defined]
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            uuid = _text(nvml.nvmlDeviceGetUUID(handle))
+            name = _text(nvml.nvmlDeviceGetName(handle))
             found.append(_NvmlDevice(uuid, name, False, "", "", _memory_total(nvml, handle)))
             found.extend(_mig_devices(nvml, handle, uuid))
         except Exception as exc:
@@ -202,21 +203,21 @@ def _nvml_devices() -> list[_NvmlDevice]:
     return found
 
 
-def _mig_devices(nvml: object, parent: object, parent_uuid: str) -> list[_NvmlDevice]:
+def _mig_devices(nvml: Any, parent: Any, parent_uuid: str) -> list[_NvmlDevice]:
     try:
-        current, _pending = nvml.nvmlDeviceGetMigMode(parent)  # type: ignore[attr-defined]
+        current, _pending = nvml.nvmlDeviceGetMigMode(parent)
     except Exception:  # GPUs without MIG support
         return []
     if current != getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1):
         return []
     slices = []
-    for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(parent)):  # type: ignore[attr-defined]
+    for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(parent)):
         try:
-            handle = nvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, slot)  # type: ignore[attr-defined]
+            handle = nvml.nvmlDeviceGetMigDeviceHandleByIndex(parent, slot)
         except Exception:  # an empty slot, or one not given to this container
             continue
-        uuid = _text(nvml.nvmlDeviceGetUUID(handle))  # type: ignore[attr-defined]
-        name = _text(nvml.nvmlDeviceGetName(handle))  # type: ignore[attr-defined]
+        uuid = _text(nvml.nvmlDeviceGetUUID(handle))
+        name = _text(nvml.nvmlDeviceGetName(handle))
         slices.append(
             _NvmlDevice(
                 uuid, name, True, mig_profile(name), parent_uuid, _memory_total(nvml, handle)
@@ -225,15 +226,15 @@ def _mig_devices(nvml: object, parent: object, parent_uuid: str) -> list[_NvmlDe
     return slices
 
 
-def _memory_total(nvml: object, handle: object) -> int:
+def _memory_total(nvml: Any, handle: Any) -> int:
     try:
-        return int(nvml.nvmlDeviceGetMemoryInfo(handle).total)  # type: ignore[attr-defined]
+        return int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
     except Exception:
         return 0
 
 
-def _read_sample(nvml: object, handle: object, uuid: str) -> GpuSample:
-    def read(getter: str, *args: object) -> object | None:
+def _read_sample(nvml: Any, handle: Any, uuid: str) -> GpuSample:
+    def read(getter: str, *args: Any) -> Any:
         try:
             return getattr(nvml, getter)(handle, *args)
         except Exception:  # NVML_ERROR_NOT_SUPPORTED and friends: leave the gauge out
@@ -246,12 +247,12 @@ def _read_sample(nvml: object, handle: object, uuid: str) -> GpuSample:
     energy = read("nvmlDeviceGetTotalEnergyConsumption")
     return GpuSample(
         uuid,
-        utilization=util.gpu / 100.0 if util is not None else None,  # type: ignore[attr-defined]
-        memory_total_bytes=int(memory.total) if memory is not None else None,  # type: ignore[attr-defined]
-        memory_used_bytes=int(memory.used) if memory is not None else None,  # type: ignore[attr-defined]
-        power_usage_w=int(power) / 1000.0 if power is not None else None,  # type: ignore[call-overload]
-        power_limit_w=int(limit) / 1000.0 if limit is not None else None,  # type: ignore[call-overload]
-        energy_mj=int(energy) if energy is not None else None,  # type: ignore[call-overload]
+        utilization=util.gpu / 100.0 if util is not None else None,
+        memory_total_bytes=int(memory.total) if memory is not None else None,
+        memory_used_bytes=int(memory.used) if memory is not None else None,
+        power_usage_w=int(power) / 1000.0 if power is not None else None,
+        power_limit_w=int(limit) / 1000.0 if limit is not None else None,
+        energy_mj=int(energy) if energy is not None else None,
     )
 
 
