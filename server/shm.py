@@ -163,8 +163,8 @@ class SharedMemoryRegistry:
     def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
         self._check_enabled()
         raise unsupported(
-            f"failed to register CUDA shared memory region '{name}': CUDA IPC is not available "
-            "on this server (no usable GPU); use system shared memory instead"
+            f"failed to register CUDA shared memory region '{name}': this server cannot open "
+            "CUDA IPC handles (CUDA shared memory is not implemented); use system shared memory"
         )
 
     def cuda_status(self, name: str = "") -> list[dict[str, Any]]:
