@@ -74,6 +74,7 @@ def build_core(settings: Settings, devices: DeviceLayer | None = None) -> Core:
             server_id=settings.server_id,
             strict_readiness=settings.strict_readiness,
             model_control_mode=settings.model_control_mode,
+            allow_client_shm=settings.allow_client_shm,
         ),
     )
 

@@ -87,7 +87,7 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
                 raise invalid_arg(f"unexpected inference output '{output.name}' for model '{name}'")
     if view.decoupled and request.response_queue is None:
         raise unsupported(
-            f"{prefix}ModelInfer RPC doesn't support models with decoupled transaction policy"
+            "ModelInfer RPC doesn't support models with decoupled transaction policy"
         )
 
 

@@ -65,11 +65,6 @@ def credentials(settings: Settings) -> grpc.ServerCredentials:
 
 
 async def start(core: Core, settings: Settings) -> tuple[grpc.aio.Server, int]:
-    # The HTTP front end shares this core; the flag reaches the shared-memory gate here
-    # until the composition root passes it to CoreOptions itself.
-    if settings.allow_client_shm:
-        core.options.allow_client_shm = True
-        core.shm.enabled = True
     server = grpc.aio.server(options=server_options(settings))
     compression = _COMPRESSION.get(settings.grpc_infer_response_compression_level)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(

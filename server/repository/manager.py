@@ -314,9 +314,12 @@ def parse_version(version: str) -> int:
     try:
         number = int(version)
     except ValueError:
-        raise invalid_arg(f"failed to get model version from specified version string '{version}'") from None
-    if number < 0:
-        raise invalid_arg(f"failed to get model version from specified version string '{version}'")
+        number = -1
+    if number < 0 or not version.strip().lstrip("+").isdigit():
+        raise invalid_arg(
+            f"failed to get model version from specified version string '{version}' "
+            "(details: stol), version should be an integral value > 0"
+        )
     return number
 
 
