@@ -24,8 +24,11 @@ GROW_BELOW = 0.8
 # Latency samples kept, and how often (in completions) the ceiling is revisited.
 WINDOW = 512
 REVISIT_EVERY = 16
-# Smoothing of the inter-arrival gap.
+# Smoothing of the inter-arrival gap. Arrivals come in bursts under load (clients answer
+# to responses), so single gaps say little; the smoothed mean says how busy the model is.
 GAP_WEIGHT = 0.1
+# A silence this many delays long means the load is gone, whatever the mean says.
+SILENCE_FACTOR = 10
 
 
 class LatencyTargetedDelay:
@@ -68,10 +71,14 @@ class LatencyTargetedDelay:
             self.ceiling_ns = min(self.max_delay_ns, self.ceiling_ns + self._step_ns)
 
     def expected_gap_ns(self, now_ns: int) -> float | None:
-        """The mean gap between rows, stretched by a silence longer than it."""
+        """The mean gap between arriving rows; a silence far longer than the delay also
+        counts, so a stale estimate from a past burst does not keep a request waiting."""
         if self._gap_ns is None or self._last_arrival_ns is None:
             return None
-        return max(self._gap_ns, float(now_ns - self._last_arrival_ns))
+        silence = now_ns - self._last_arrival_ns
+        if silence > SILENCE_FACTOR * self.ceiling_ns:
+            return float(silence)
+        return self._gap_ns
 
     def delay_ns(self, now_ns: int) -> int:
         """The delay to use now: the ceiling when another row is expected within it, else 0."""

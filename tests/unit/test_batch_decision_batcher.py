@@ -317,8 +317,9 @@ def test_latency_targeted_delay_grows_under_load_and_backs_off_over_budget() -> 
     for _ in range(16 * 600):
         control.on_complete(1_000_000)
     assert control.delay_ns(now) == 10_000_000
-    # A silence longer than the delay means nobody is coming: stop waiting.
-    assert control.delay_ns(now + 50_000_000) == 0
+    # Gaps between bursts do not count on their own; a long silence does.
+    assert control.delay_ns(now + 50_000_000) == 10_000_000
+    assert control.delay_ns(now + 101_000_000) == 0
 
 
 async def test_the_batcher_reports_the_delay_it_uses() -> None:
