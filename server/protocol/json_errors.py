@@ -31,6 +31,8 @@ MISS_QUOTE = "Missing a closing quotation mark in string."
 BAD_ENCODING = "Invalid encoding in string."
 MISS_FRACTION = "Miss fraction part in number."
 MISS_EXPONENT = "Miss exponent in number."
+# Not one of RapidJSON's: its recursive parser has no such limit, Python's does.
+TOO_DEEP = "The document nests deeper than 1000 levels."
 
 
 class JsonSyntaxError(ValueError):
@@ -47,10 +49,15 @@ def loads(buffer: bytes | memoryview) -> Any:
     except orjson.JSONDecodeError:
         pass
     data = bytes(buffer)
-    _Scanner(data).document()
+    try:
+        _Scanner(data).document()
+    except RecursionError:
+        raise JsonSyntaxError(TOO_DEEP, 0) from None
     # Valid for RapidJSON but not for orjson: NaN and the infinities.
     try:
         return json.loads(data, parse_constant=_constant)
+    except RecursionError:
+        raise JsonSyntaxError(TOO_DEEP, 0) from None
     except ValueError:  # "Inf", which RapidJSON takes and the standard parser does not
         return json.loads(data.replace(b"Inf", b"Infinity"), parse_constant=_constant)
 
