@@ -192,7 +192,10 @@ class Ours(Target):
             "--metrics-port",
             "0",
         ]
-        self._spawn(command + _extra_args(), cwd=ROOT)
+        # BENCH_OURS_ROOT runs the server from another source tree (e.g. an exported older
+        # commit), for before/after comparisons on the same machine in the same minutes.
+        source = Path(os.environ.get("BENCH_OURS_ROOT", ROOT))
+        self._spawn(command + _extra_args(), env={"PYTHONPATH": str(source)}, cwd=source)
         ports = self._read_ports(expected)
         self.http_port = ports["HTTPService"]
         self.grpc_port = ports.get("GRPCInferenceService", 0)

@@ -59,6 +59,11 @@ def _session_options(config: Any) -> Any:
             except ValueError:
                 raise invalid_arg(f"parameter '{key}' of model '{config.name}' must be an integer") from None
     options.log_severity_level = 3
+    # Spinning intra-op threads busy-wait for the next run on the very cores the event loop
+    # needs between runs: on a 2-core machine that doubled the CPU per run of a small MLP and
+    # halved its throughput (bench/, docs/performance.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options
 
 
