@@ -9,11 +9,13 @@ RapidJSON reports it: the same message and the same byte offset.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
 
 _WS = b" \t\n\r"
+_SHORT_INF = re.compile(rb"Inf(?!inity)")
 _ESCAPES = b'"\\/bfnrtu'
 _DIGITS = b"0123456789"
 _HEX = b"0123456789abcdefABCDEF"
@@ -59,7 +61,7 @@ def loads(buffer: bytes | memoryview) -> Any:
     except RecursionError:
         raise JsonSyntaxError(TOO_DEEP, 0) from None
     except ValueError:  # "Inf", which RapidJSON takes and the standard parser does not
-        return json.loads(data.replace(b"Inf", b"Infinity"), parse_constant=_constant)
+        return json.loads(_SHORT_INF.sub(b"Infinity", data), parse_constant=_constant)
 
 
 def _constant(token: str) -> float:

@@ -1,0 +1,308 @@
+"""The HTTP codec without sockets: JSON and binary requests, raw requests, responses, and the
+RapidJSON-worded syntax errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import numpy as np
+import pytest
+
+from server.errors import Code, ServerError
+from server.protocol import json_errors
+from server.protocol.http_codec import (
+    decode_infer_request,
+    decode_raw_request,
+    encode_infer_response,
+    header_length,
+    parse_json,
+)
+from server.repository.view import ModelView, TensorSpec
+from server.types import InferRequest, InferResponse, OutputTensor
+
+
+def view(
+    datatype: str = "FP32", dims: tuple[int, ...] = (-1,), max_batch: int = 8, inputs: int = 1
+) -> ModelView:
+    specs = {f"IN{i}": TensorSpec(f"IN{i}", datatype, dims) for i in range(inputs)}
+    return ModelView(
+        "m", "1", "", "onnxruntime", max_batch, specs, {"OUT": TensorSpec("OUT", datatype, dims)}
+    )
+
+
+def decode(document: object, binary: bytes = b"") -> InferRequest:
+    head = json.dumps(document).encode()
+    return decode_infer_request(head + binary, len(head) if binary else None, "m", "")
+
+
+def error_of(call: object) -> ServerError:
+    with pytest.raises(ServerError) as info:
+        call()  # type: ignore[operator]
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"", "The document is empty. at 0"),
+        (b"   ", "The document is empty. at 3"),
+        (b"{not", "Missing a name for object member. at 1"),
+        (b'{"a" 1}', "Missing a colon after a name of object member. at 5"),
+        (b'{"a":1 "b":2}', "Missing a comma or '}' after an object member. at 7"),
+        (b"[1 2]", "Missing a comma or ']' after an array element. at 3"),
+        (b'{"a":tru}', "Invalid value. at 8"),
+        (b'"abc', "Missing a closing quotation mark in string. at 4"),
+        (b'"a\\q"', "Invalid escape character in string. at 2"),
+        (b'"\\u12G4"', "Incorrect hex digit after \\u escape in string. at 1"),
+        (b"1.", "Miss fraction part in number. at 2"),
+        (b"1e", "Miss exponent in number. at 2"),
+        (b"{} {}", "The document root must not be followed by other values. at 3"),
+        (b"-", "Invalid value. at 0"),
+    ],
+)
+def test_syntax_errors_are_worded_like_rapidjson(text: bytes, message: str) -> None:
+    error = error_of(lambda: parse_json(text))
+    assert error.code == Code.INTERNAL
+    assert error.message == f"failed to parse the request JSON buffer: {message}"
+
+
+def test_nan_and_infinities_are_accepted() -> None:
+    values = json_errors.loads(b"[NaN, Infinity, -Infinity, -Inf]")
+    assert math.isnan(values[0]) and values[1:] == [math.inf, -math.inf, -math.inf]
+
+
+@pytest.mark.parametrize(
+    ("value", "body", "expected"),
+    [
+        (None, 10, None),
+        ("4", 10, 4),
+        ("+0", 10, 0),
+        ("abc", 10, 0),
+        ("5x", 10, 5),
+        (" 7", 10, 7),
+        ("10", 10, 10),
+    ],
+)
+def test_header_length_reads_like_strtol(
+    value: str | None, body: int, expected: int | None
+) -> None:
+    assert header_length(value, body) == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "11", "99999999999"])
+def test_header_length_out_of_range(value: str) -> None:
+    error = error_of(lambda: header_length(value, 10))
+    assert error.message == f"inference header size should be in range (0, 10), got: {int(value)}"
+
+
+def test_json_and_binary_inputs_decode_to_arrays() -> None:
+    raw = np.arange(4, dtype="<f4").tobytes()
+    strings = struct.pack("<I", 2) + b"hi" + struct.pack("<I", 0)
+    request = decode(
+        {
+            "id": "7",
+            "parameters": {"priority": 2, "timeout": 5, "custom": "x"},
+            "inputs": [
+                {"name": "A", "datatype": "INT64", "shape": [2, 2], "data": [[1, 2], [3, 4]]},
+                {
+                    "name": "B",
+                    "datatype": "FP32",
+                    "shape": [1, 4],
+                    "parameters": {"binary_data_size": 16},
+                },
+                {
+                    "name": "C",
+                    "datatype": "BYTES",
+                    "shape": [2],
+                    "parameters": {"binary_data_size": len(strings)},
+                },
+                {"name": "D", "datatype": "BYTES", "shape": [1], "data": ["\u00e9"]},
+            ],
+            "outputs": [
+                {"name": "X"},
+                {"name": "X", "parameters": {"binary_data": True}},
+                {"name": "Y"},
+            ],
+        },
+        raw + strings,
+    )
+    assert (request.id, request.priority, request.timeout_us) == ("7", 2, 5)
+    a, b, c, d = request.inputs
+    np.testing.assert_array_equal(a.data, [[1, 2], [3, 4]])
+    assert a.data.dtype == np.int64
+    np.testing.assert_array_equal(b.data, [[0, 1, 2, 3]])
+    assert list(c.data) == [b"hi", b""]
+    assert list(d.data) == ["\u00e9".encode()]
+    assert [o.name for o in request.outputs or []] == ["X", "Y"], (
+        "a repeated output is answered once"
+    )
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "expected"),
+    [
+        ("INT8", [300, -129], [44, 127]),
+        ("UINT8", [2**64 - 1, 256], [255, 0]),
+        ("FP32", [1, 2.5], [1.0, 2.5]),
+        ("BOOL", [True, False], [True, False]),
+    ],
+)
+def test_json_numbers_convert_as_triton_does(
+    datatype: str, data: list[object], expected: list[object]
+) -> None:
+    request = decode({"inputs": [{"name": "A", "datatype": datatype, "shape": [2], "data": data}]})
+    assert request.inputs[0].data.tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "words"),
+    [
+        ("BOOL", [1, 0], "Unable to parse 'data': attempt to access JSON non-boolean as boolean"),
+        (
+            "INT32",
+            [1.5, 2],
+            "Unable to parse 'data': attempt to access JSON non-signed-integer as signed-integer",
+        ),
+        (
+            "INT64",
+            [2**63, 1],
+            "Unable to parse 'data': attempt to access JSON non-signed-integer as signed-integer",
+        ),
+        (
+            "UINT32",
+            [-1, 1],
+            "Unable to parse 'data': attempt to access JSON non-unsigned-integer as unsigned-integer",
+        ),
+        ("FP64", [True, 1], "Unable to parse 'data': attempt to access JSON non-number as double"),
+        (
+            "BYTES",
+            [1, "a"],
+            "Unable to parse JSON bytes array: attempt to access JSON non-string as string",
+        ),
+        ("FP32", [1.0], "Unable to parse 'data': Shape does not match true shape of 'data' field"),
+    ],
+)
+def test_wrong_json_elements_are_internal_errors(
+    datatype: str, data: list[object], words: str
+) -> None:
+    error = error_of(
+        lambda: decode(
+            {"inputs": [{"name": "A", "datatype": datatype, "shape": [2], "data": data}]}
+        )
+    )
+    assert (error.code, error.message) == (Code.INTERNAL, words)
+
+
+def test_bytes_count_is_checked_with_the_model_name() -> None:
+    error = error_of(
+        lambda: decode(
+            {"inputs": [{"name": "A", "datatype": "BYTES", "shape": [3], "data": ["a"]}]}
+        )
+    )
+    assert error.code == Code.INVALID_ARG
+    assert (
+        error.message
+        == "[request id: <id_unknown>] expected 3 string elements for inference input 'A' for model 'm', got 1"
+    )
+
+
+def test_raw_request_deduces_the_variable_dimension() -> None:
+    body = np.arange(6, dtype="<f4").tobytes()
+    request = decode_raw_request(body, view("FP32", (2, -1), max_batch=4), "")
+    (tensor,) = request.inputs
+    assert (tensor.name, tensor.shape) == ("IN0", (1, 2, 3))
+    assert request.parameters == {"binary_data_output": True}
+    assert decode_raw_request(body, view("FP32", (-1,), max_batch=0), "").inputs[0].shape == (6,)
+    strings = decode_raw_request(b"text", view("BYTES", (1,)), "").inputs[0]
+    assert strings.shape == (1, 1) and strings.data[0, 0] == b"text"
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "message"),
+    [
+        (
+            view(inputs=2),
+            b"",
+            "Raw request must only have 1 input (found 1) to be deduced but got 2 inputs in 'm' model configuration",
+        ),
+        (
+            view("BYTES", (-1,)),
+            b"x",
+            "For BYTE datatype raw input 'IN0', the model must have input shape [1]",
+        ),
+        (
+            view("FP32", (-1, -1)),
+            b"",
+            "The shape of the raw input 'IN0' can not be deduced because there are more than one variable-sized dimension",
+        ),
+        (
+            view("FP32", (2, -1)),
+            b"\x00" * 12,
+            "input byte size mismatch for input 'raw_input' for model 'm'. Expected 8, got 12",
+        ),
+    ],
+)
+def test_raw_request_errors(model: ModelView, body: bytes, message: str) -> None:
+    error = error_of(lambda: decode_raw_request(body, model, ""))
+    assert error.message == "[request id: <id_unknown>] " + message
+
+
+def test_response_mixes_json_and_binary_outputs() -> None:
+    request = decode(
+        {
+            "parameters": {"binary_data_output": True},
+            "inputs": [],
+            "outputs": [
+                {"name": "A", "parameters": {"binary_data": False}},
+                {"name": "B"},
+                {"name": "E"},
+            ],
+        }
+    )
+    a = np.array([0.1, math.nan], dtype=np.float32)
+    b = np.array([1, 2], dtype=np.int16)
+    empty = np.zeros((0,), dtype=np.float32)
+    response = InferResponse(
+        "m",
+        "1",
+        [
+            OutputTensor("A", "FP32", (2,), a, {"binary_data": False}),
+            OutputTensor("B", "INT16", (2,), b, {}),
+            OutputTensor("E", "FP32", (0,), empty, {}),
+        ],
+        id="r",
+    )
+    body, length = encode_infer_response(response, request)
+    assert length is not None
+    head = json.loads(body[:length])
+    assert head["id"] == "r" and head["model_version"] == "1"
+    first, second, third = head["outputs"]
+    assert first["data"][0] == float(np.float32(0.1)) and math.isnan(first["data"][1])
+    assert b"NaN" in body[:length], "non-finite values are written as RapidJSON writes them"
+    assert second["parameters"] == {"binary_data_size": 4} and "data" not in second
+    assert third["parameters"] == {"binary_data_size": 0}
+    assert body[length:] == b.tobytes()
+
+
+def test_response_without_binary_bytes_is_plain_json() -> None:
+    request = decode({"parameters": {"binary_data_output": True}, "inputs": []})
+    response = InferResponse(
+        "m", "1", [OutputTensor("E", "FP32", (0,), np.zeros(0, np.float32), {})]
+    )
+    body, length = encode_infer_response(response, request)
+    assert length is None
+    assert json.loads(body)["outputs"][0]["parameters"] == {"binary_data_size": 0}
+
+
+def test_fp16_output_cannot_be_json() -> None:
+    request = decode({"inputs": []})
+    response = InferResponse(
+        "m", "1", [OutputTensor("H", "FP16", (1,), np.ones(1, np.float16), {})]
+    )
+    error = error_of(lambda: encode_infer_response(response, request))
+    assert (
+        error.message
+        == "sending FP16 data via JSON is not supported. Please use the binary data format for output"
+    )
