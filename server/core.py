@@ -162,7 +162,9 @@ class Core:
         stats.record_success(request.request_start_ns, time.monotonic_ns())
         return response
 
-    async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse | ServerError]:
+    async def infer_stream(
+        self, request: InferRequest
+    ) -> AsyncIterator[InferResponse | ServerError]:
         """Every response of one request as it is produced: exactly one for ordinary models,
         any number for decoupled ones. Errors after the first response arrive in-band as
         ServerError items; an error before any response is raised."""
@@ -228,11 +230,15 @@ class Core:
         else:
             stats.record_success(request.request_start_ns, time.monotonic_ns())
 
-    def build_response(self, request: InferRequest, view: ModelView, outputs: dict[str, Any]) -> InferResponse:
+    def build_response(
+        self, request: InferRequest, view: ModelView, outputs: dict[str, Any]
+    ) -> InferResponse:
         """Public for backends that produce responses themselves (decoupled models)."""
         return self._build_response(request, view, outputs)
 
-    def _build_response(self, request: InferRequest, view: ModelView, outputs: dict[str, Any]) -> InferResponse:
+    def _build_response(
+        self, request: InferRequest, view: ModelView, outputs: dict[str, Any]
+    ) -> InferResponse:
         tensors: list[OutputTensor] = []
         if request.outputs is None:
             wanted = [(name, {}) for name in view.outputs if name in outputs]
@@ -241,16 +247,24 @@ class Core:
         for name, params in wanted:
             array = outputs.get(name)
             if array is None:
-                raise ServerError(Code.INTERNAL, f"output '{name}' was not produced by model '{view.name}'")
+                raise ServerError(
+                    Code.INTERNAL, f"output '{name}' was not produced by model '{view.name}'"
+                )
             array = np.asarray(array)
             spec = view.outputs.get(name)
             classes = int(params.get("classification", 0) or 0) if params else 0
             if classes:
-                array = classify(array, classes, spec.labels if spec else (), view.max_batch_size > 0)
+                array = classify(
+                    array, classes, spec.labels if spec else (), view.max_batch_size > 0
+                )
                 datatype = "BYTES"
             else:
                 datatype = spec.datatype if spec is not None else wire_datatype_of(array)
-            tensors.append(OutputTensor(name, datatype, tuple(array.shape), array, dict(params) if params else {}))
+            tensors.append(
+                OutputTensor(
+                    name, datatype, tuple(array.shape), array, dict(params) if params else {}
+                )
+            )
         return InferResponse(request.model_name, view.version, tensors, request.id)
 
     # --- statistics and repository -------------------------------------------------
@@ -266,10 +280,18 @@ class Core:
             if version:
                 selected = [self.manager.get(name, version)]
             else:
-                selected = [v for v in self.manager.models[name].versions.values() if v.state == "READY"]
+                selected = [
+                    v for v in self.manager.models[name].versions.values() if v.state == "READY"
+                ]
         except ServerError:
-            raise invalid_arg(f"requested model version is not available for model '{name}'") from None
-        return {"model_stats": [v.stats.as_dict() for v in sorted(selected, key=lambda v: v.version) if v.stats]}
+            raise invalid_arg(
+                f"requested model version is not available for model '{name}'"
+            ) from None
+        return {
+            "model_stats": [
+                v.stats.as_dict() for v in sorted(selected, key=lambda v: v.version) if v.stats
+            ]
+        }
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
         self.manager.scan()
@@ -288,7 +310,9 @@ class Core:
                     override = parse_config_json(value)
                 except ServerError as exc:
                     log.error("failed to load '%s': %s", name, exc.message)
-                    raise internal(f"failed to load '{name}', failed to poll from model repository") from None
+                    raise internal(
+                        f"failed to load '{name}', failed to poll from model repository"
+                    ) from None
             elif key.startswith("file:"):
                 files[key[len("file:") :]] = value if isinstance(value, bytes) else _b64(value, key)
         if files and override is None:
@@ -320,7 +344,9 @@ def classify(array: np.ndarray, count: int, labels: tuple[str, ...], batched: bo
     """Triton's classification extension: the top ``count`` entries as "value:index[:label]"."""
     datatype = wire_datatype_of(array)
     if datatype in ("BOOL", "BYTES"):
-        raise invalid_arg(f"class result not available for output due to unsupported type '{datatype}'")
+        raise invalid_arg(
+            f"class result not available for output due to unsupported type '{datatype}'"
+        )
     rows = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)
     k = min(count, rows.shape[1])
     result = np.empty((rows.shape[0], k), dtype=object)

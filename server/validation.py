@@ -43,8 +43,10 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
     if missing:
         raise invalid_arg(
             f"{prefix}expected {len(inputs)} inputs but got {len(request.inputs)} inputs for model "
-            f"'{name}'. Got input(s) [" + ",".join(f"'{t.name}'" for t in request.inputs)
-            + "], but missing required input(s) [" + ",".join(f"'{n}'" for n in missing)
+            f"'{name}'. Got input(s) ["
+            + ",".join(f"'{t.name}'" for t in request.inputs)
+            + "], but missing required input(s) ["
+            + ",".join(f"'{n}'" for n in missing)
             + "]. Please provide all required input(s)."
         )
     ordered = request.inputs[::-1]
@@ -53,7 +55,9 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
     if max_batch > 0:
         for tensor in ordered:
             if not tensor.shape:
-                _shape_error(prefix, tensor.name, name, view, inputs[tensor.name].dims, tensor.shape)
+                _shape_error(
+                    prefix, tensor.name, name, view, inputs[tensor.name].dims, tensor.shape
+                )
             if batch == 0:
                 batch = tensor.shape[0]
             elif tensor.shape[0] != batch:
@@ -61,7 +65,9 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
                     f"{prefix}input '{tensor.name}' batch size does not match other inputs for '{name}'"
                 )
         if batch > max_batch:
-            raise invalid_arg(f"{prefix}inference request batch-size must be <= {max_batch} for '{name}'")
+            raise invalid_arg(
+                f"{prefix}inference request batch-size must be <= {max_batch} for '{name}'"
+            )
         if batch < 1 and request.inputs:
             raise invalid_arg(f"{prefix}inference request batch-size must be >= 1 for '{name}'")
     for tensor in ordered:
@@ -86,9 +92,7 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
             if output.name not in view.outputs:
                 raise invalid_arg(f"unexpected inference output '{output.name}' for model '{name}'")
     if view.decoupled and request.response_queue is None:
-        raise unsupported(
-            "ModelInfer RPC doesn't support models with decoupled transaction policy"
-        )
+        raise unsupported("ModelInfer RPC doesn't support models with decoupled transaction policy")
 
 
 def _dims_match(dims: tuple[int, ...], shape: tuple[int, ...]) -> bool:
@@ -101,7 +105,14 @@ def _fmt(shape: tuple[int, ...] | list[int]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
-def _shape_error(prefix: str, tensor: str, model: str, view: ModelView, dims: tuple[int, ...], shape: tuple[int, ...]) -> None:
+def _shape_error(
+    prefix: str,
+    tensor: str,
+    model: str,
+    view: ModelView,
+    dims: tuple[int, ...],
+    shape: tuple[int, ...],
+) -> None:
     expected = list(dims)
     message = (
         f"{prefix}unexpected shape for input '{tensor}' for model '{model}'. Expected "

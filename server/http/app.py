@@ -46,8 +46,15 @@ def _version(version: str | None) -> str:
     return str(parse_version(version))
 
 
-def create_app(core: Core, *, max_input_size: int = 64 * 1024 * 1024, extra_routes: Callable[[FastAPI, Core], None] | None = None) -> FastAPI:
-    app = _App(title="Triton-compatible inference server", docs_url=None, redoc_url=None, openapi_url=None)
+def create_app(
+    core: Core,
+    *,
+    max_input_size: int = 64 * 1024 * 1024,
+    extra_routes: Callable[[FastAPI, Core], None] | None = None,
+) -> FastAPI:
+    app = _App(
+        title="Triton-compatible inference server", docs_url=None, redoc_url=None, openapi_url=None
+    )
 
     @app.exception_handler(ServerError)
     async def _server_error(_: Request, exc: ServerError) -> Response:
@@ -165,7 +172,9 @@ def create_app(core: Core, *, max_input_size: int = 64 * 1024 * 1024, extra_rout
         ("/infer", infer, "POST"),
     ):
         app.add_api_route(f"/v2/models/{{model}}{suffix}", handler, methods=[method])
-        app.add_api_route(f"/v2/models/{{model}}/versions/{{version}}{suffix}", handler, methods=[method])
+        app.add_api_route(
+            f"/v2/models/{{model}}/versions/{{version}}{suffix}", handler, methods=[method]
+        )
 
     @app.get("/v2/models/stats")
     async def all_stats() -> Response:
@@ -202,8 +211,12 @@ def create_app(core: Core, *, max_input_size: int = 64 * 1024 * 1024, extra_rout
     async def named_repository(repository: str, model: str) -> Response:
         raise unsupported("'repository_name' specification is not supported")
 
-    app.add_api_route("/v2/repository/{repository}/models/{model}/load", named_repository, methods=["POST"])
-    app.add_api_route("/v2/repository/{repository}/models/{model}/unload", named_repository, methods=["POST"])
+    app.add_api_route(
+        "/v2/repository/{repository}/models/{model}/load", named_repository, methods=["POST"]
+    )
+    app.add_api_route(
+        "/v2/repository/{repository}/models/{model}/unload", named_repository, methods=["POST"]
+    )
 
     if extra_routes is not None:
         extra_routes(app, core)

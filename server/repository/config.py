@@ -184,7 +184,9 @@ def validate(config: Any) -> None:
                 raise invalid_arg(f"model {kind} '{tensor.name}' appears more than once for {name}")
             seen.add(tensor.name)
             if tensor.data_type == mc.TYPE_INVALID:
-                raise invalid_arg(f"model {kind} '{tensor.name}' must specify 'data_type' for {name}")
+                raise invalid_arg(
+                    f"model {kind} '{tensor.name}' must specify 'data_type' for {name}"
+                )
             for dim in tensor.dims:
                 if dim < -1 or dim == 0:
                     raise invalid_arg(
@@ -212,12 +214,12 @@ def _validate_dynamic_batching(config: Any) -> None:
             )
     levels = batching.priority_levels
     if levels > 0 and not 1 <= batching.default_priority_level <= levels:
-        raise invalid_arg(
-            f"default priority level must be in range [1, {levels}] for {name}"
-        )
+        raise invalid_arg(f"default priority level must be in range [1, {levels}] for {name}")
     for level in batching.priority_queue_policy:
         if not 1 <= level <= levels:
-            raise invalid_arg(f"priority queue policy must have priority level in range [1, {levels}] for {name}")
+            raise invalid_arg(
+                f"priority queue policy must have priority level in range [1, {levels}] for {name}"
+            )
     if batching.preserve_ordering and levels > 1:
         raise invalid_arg(
             f"dynamic batching preserve ordering cannot be used with multiple priority levels for {name}"
@@ -263,7 +265,9 @@ def load_model_config(
         except ServerError:
             raise
         except Exception as exc:  # a framework's own error while reading the model file
-            raise invalid_arg(f"auto-complete of the configuration of '{name}' failed: {exc}") from None
+            raise invalid_arg(
+                f"auto-complete of the configuration of '{name}' failed: {exc}"
+            ) from None
     normalize(config, gpu_count)
     validate(config)
     return config

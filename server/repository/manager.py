@@ -105,9 +105,13 @@ class ModelManager:
             number = parse_version(version)
             loaded = entry.versions.get(number)
             if loaded is None:
-                raise not_found(f"Request for unknown model: '{name}' version {number} is not found")
+                raise not_found(
+                    f"Request for unknown model: '{name}' version {number} is not found"
+                )
             if loaded.state != READY:
-                raise unavailable(f"Request for unknown model: '{name}' version {number} is not at ready state")
+                raise unavailable(
+                    f"Request for unknown model: '{name}' version {number} is not at ready state"
+                )
             return loaded
         ready = [v for v in entry.versions.values() if v.state == READY]
         if not ready:
@@ -159,7 +163,9 @@ class ModelManager:
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())
 
-    async def load(self, name: str, override: Any | None = None, files: dict[str, bytes] | None = None) -> None:
+    async def load(
+        self, name: str, override: Any | None = None, files: dict[str, bytes] | None = None
+    ) -> None:
         """Load or reload ``name``; raises ServerError when no version becomes READY."""
         async with self._lock(name):
             self.scan()
@@ -182,8 +188,12 @@ class ModelManager:
                 log.error("failed to load '%s': %s", name, exc.message)
                 if isinstance(exc, cfg.ConfigReadError):
                     # Triton reports an unreadable configuration as a failed repository poll.
-                    raise internal(f"failed to load '{name}', failed to poll from model repository") from None
-                raise ServerError(exc.code, f"load failed for model '{name}': {exc.message}\n") from None
+                    raise internal(
+                        f"failed to load '{name}', failed to poll from model repository"
+                    ) from None
+                raise ServerError(
+                    exc.code, f"load failed for model '{name}': {exc.message}\n"
+                ) from None
             old = entry.versions
             new: dict[int, LoadedVersion] = {}
             for number, outcome in prepared.items():
@@ -194,7 +204,9 @@ class ModelManager:
                 view, instances, specs, seconds = outcome
                 stats = ModelStats(name, str(number), load_duration_s=seconds)
                 scheduler = self._scheduler_factory(config, view, instances, stats)
-                new[number] = LoadedVersion(number, READY, "", config, view, scheduler, stats, specs)
+                new[number] = LoadedVersion(
+                    number, READY, "", config, view, scheduler, stats, specs
+                )
                 log.info("successfully loaded '%s' version %d", name, number)
             entry.versions = new
             entry.state, entry.reason = "", ""
@@ -281,7 +293,11 @@ class ModelManager:
         cfg.log_unused_fields(config)
         if not gpus:
             for group in backend_holder.get("auto_groups", ()):
-                log.info("model '%s': instance group '%s' is KIND_AUTO and no usable GPU was found; running it on CPU", name, group)
+                log.info(
+                    "model '%s': instance group '%s' is KIND_AUTO and no usable GPU was found; running it on CPU",
+                    name,
+                    group,
+                )
         backend = backend_holder.get("backend")
         if backend is None:
             raise invalid_arg(f"unable to determine the backend of model '{name}'")
@@ -301,7 +317,9 @@ class ModelManager:
                 prepared[number] = (view, instances, specs, time.monotonic() - started)
                 for spec in specs:
                     where = spec.kind if spec.kind != "GPU" else _describe_gpu(spec, gpus)
-                    log.info("model '%s' version %d instance '%s' on %s", name, number, spec.name, where)
+                    log.info(
+                        "model '%s' version %d instance '%s' on %s", name, number, spec.name, where
+                    )
             except ServerError as exc:
                 prepared[number] = exc
             except Exception as exc:  # a framework's own error
