@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import http.client
+import re
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from tests.models import write_python_model
 
 SLOW_MODEL = '''
 import time
+import urllib.request
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -83,9 +86,8 @@ def test_sigterm_drains_accepted_requests_after_readiness_falls(slow_repo: Path)
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 10
-        while "slow" not in _pending_models(url) and time.monotonic() < deadline:
-            pass
+        # One request executes and the other seven wait in the queue before SIGTERM.
+        _wait_pending(server.metrics_url, 7)
         server.proc.send_signal(signal.SIGTERM)
 
         # Readiness falls while the listener still answers.
@@ -108,15 +110,16 @@ def test_sigterm_drains_accepted_requests_after_readiness_falls(slow_repo: Path)
         assert server.proc.wait(60) == 0
 
 
-def _pending_models(url: str) -> set[str]:
-    """Models with at least one request in flight, from the statistics extension."""
-    client = httpclient.InferenceServerClient(url)
-    stats = client.get_inference_statistics()["model_stats"]
-    busy = set()
-    for entry in stats:
-        if entry["inference_stats"]["queue"]["count"] > 0 or entry["execution_count"] > 0:
-            busy.add(entry["name"])
-    return busy
+def _wait_pending(metrics_url: str, count: int, timeout: float = 20.0) -> None:
+    """Poll the pending-request gauge until ``count`` requests wait in the queue."""
+    pattern = re.compile(r'^nv_inference_pending_request_count\{[^}]*model="slow"[^}]*\} (\S+)$', re.M)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            found = pattern.search(response.read().decode())
+        if found and float(found.group(1)) >= count:
+            return
+    raise AssertionError(f"fewer than {count} requests were queued within {timeout} s")
 
 
 def test_new_requests_are_refused_after_the_grace_period(slow_repo: Path) -> None:
@@ -128,8 +131,7 @@ def test_new_requests_are_refused_after_the_grace_period(slow_repo: Path) -> Non
         threads = [threading.Thread(target=lambda: holder.append(_infer(url, 1.0))) for _ in range(4)]
         for thread in threads:
             thread.start()
-        while "slow" not in _pending_models(url):
-            pass
+        _wait_pending(server.metrics_url, 3)
         server.proc.send_signal(signal.SIGTERM)
         # While the first request drains, new work gets Triton's 503 "Server exiting".
         client = httpclient.InferenceServerClient(url)
