@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from collections.abc import Sequence
@@ -12,8 +13,9 @@ import numpy as np
 
 from server.backends.base import Backend, InstanceSpec, ModelInstance, RequestOutputs, Timing
 from server.backends.batching import gather_inputs, split_outputs
-from server.errors import ServerError, internal, invalid_arg, unavailable
+from server.errors import ServerError, internal, invalid_arg, unavailable, unsupported
 from server.repository.view import ModelView
+from server.tensors import NUMPY_DTYPES
 from server.types import InferRequest
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ _ORT_TO_CONFIG = {
     "tensor(bfloat16)": "TYPE_BF16",
 }
 DEFAULT_MAX_BATCH_SIZE = 4
+_BF16 = "tensor(bfloat16)"
+_ONNX_BFLOAT16 = 16  # onnx TensorProto.BFLOAT16
 
 
 def _ort() -> Any:
@@ -52,12 +56,17 @@ def _session_options(config: Any) -> Any:
     ort = _ort()
     options = ort.SessionOptions()
     params = {k: v.string_value for k, v in config.parameters.items()}
-    for key, attr in (("intra_op_thread_count", "intra_op_num_threads"), ("inter_op_thread_count", "inter_op_num_threads")):
+    for key, attr in (
+        ("intra_op_thread_count", "intra_op_num_threads"),
+        ("inter_op_thread_count", "inter_op_num_threads"),
+    ):
         if key in params:
             try:
                 setattr(options, attr, int(params[key]))
             except ValueError:
-                raise invalid_arg(f"parameter '{key}' of model '{config.name}' must be an integer") from None
+                raise invalid_arg(
+                    f"parameter '{key}' of model '{config.name}' must be an integer"
+                ) from None
     options.log_severity_level = 3
     # Spinning intra-op threads busy-wait for the next run on the very cores the event loop
     # needs between runs: on a 2-core machine that doubled the CPU per run of a small MLP and
@@ -110,7 +119,9 @@ class OnnxRuntimeBackend(Backend):
         if config.max_batch_size > 1 and config.WhichOneof("scheduling_choice") is None:
             config.dynamic_batching.SetInParent()
 
-    def load(self, config: Any, view: ModelView, version_dir: Path, instance: InstanceSpec) -> ModelInstance:
+    def load(
+        self, config: Any, view: ModelView, version_dir: Path, instance: InstanceSpec
+    ) -> ModelInstance:
         ort = _ort()
         path = self.model_file(config, version_dir)
         if path.is_dir():
@@ -130,7 +141,9 @@ class OnnxRuntimeBackend(Backend):
         else:
             providers = ["CPUExecutionProvider"]
         try:
-            session = ort.InferenceSession(str(path), sess_options=_session_options(config), providers=providers)
+            session = ort.InferenceSession(
+                str(path), sess_options=_session_options(config), providers=providers
+            )
         except ServerError:
             raise
         except Exception as exc:
@@ -152,6 +165,8 @@ class OnnxRuntimeInstance(ModelInstance):
         self._input_names = [i.name for i in session.get_inputs()]
         self._output_names = [o.name for o in session.get_outputs()]
         self._string_inputs = {i.name for i in session.get_inputs() if i.type == "tensor(string)"}
+        self._bf16_inputs = {i.name for i in session.get_inputs() if i.type == _BF16}
+        self._bf16_outputs = {o.name for o in session.get_outputs() if o.type == _BF16}
         self._model_shapes = {
             name: spec.reshape for name, spec in view.inputs.items() if spec.reshape is not None
         }
@@ -165,15 +180,24 @@ class OnnxRuntimeInstance(ModelInstance):
         for name, array in feeds.items():
             if name in self._model_shapes:
                 lead = (batch,) if self._view.max_batch_size > 0 else ()
-                feeds[name] = array.reshape(lead + tuple(self._model_shapes[name]))
+                array = feeds[name] = array.reshape(lead + tuple(self._model_shapes[name]))
             if name in self._string_inputs and array.dtype == object:
-                feeds[name] = np.vectorize(_to_str, otypes=[object])(feeds[name]) if array.size else array
+                feeds[name] = np.vectorize(_to_str, otypes=[object])(array) if array.size else array
+            elif name in self._bf16_inputs:
+                feeds[name] = _bf16_value(array)
         wanted = self._requested(requests)
         timing.input_end_ns = time.monotonic_ns()
         try:
-            results = self._session.run(wanted, feeds)
+            if self._bf16_outputs and not self._bf16_outputs.isdisjoint(wanted):
+                results = self._run_ort_values(wanted, feeds)
+            else:
+                results = self._session.run(wanted, feeds)
+        except ServerError:
+            raise
         except Exception as exc:
-            raise internal(f"onnxruntime execution failed for model '{self._view.name}': {exc}") from None
+            raise internal(
+                f"onnxruntime execution failed for model '{self._view.name}': {exc}"
+            ) from None
         timing.infer_end_ns = time.monotonic_ns()
         outputs = dict(zip(wanted, results, strict=True))
         for name, spec in self._output_reshape.items():
@@ -181,6 +205,27 @@ class OnnxRuntimeInstance(ModelInstance):
                 lead = (batch,) if self._view.max_batch_size > 0 else ()
                 outputs[name] = outputs[name].reshape(lead + spec.dims)
         return split_outputs(requests, outputs, self._view.max_batch_size > 0)
+
+    def _run_ort_values(self, wanted: list[str], feeds: dict[str, Any]) -> list[np.ndarray]:
+        """A run whose outputs include BF16, which onnxruntime cannot hand back as numpy:
+        every input goes in as an OrtValue and BF16 outputs are copied out as raw bits."""
+        ort_value = _ort().OrtValue
+        values = {}
+        for name, feed in feeds.items():
+            if isinstance(feed, ort_value):
+                values[name] = feed
+            elif feed.dtype == object:
+                raise unsupported(
+                    f"model '{self._view.name}' takes string input '{name}' and returns BF16; "
+                    "onnxruntime's Python API cannot run that combination"
+                )
+            else:
+                values[name] = ort_value.ortvalue_from_numpy(np.ascontiguousarray(feed))
+        results = self._session.run_with_ort_values(wanted, values)
+        return [
+            _bf16_array(value, name) if name in self._bf16_outputs else value.numpy()
+            for name, value in zip(wanted, results, strict=True)
+        ]
 
     def _requested(self, requests: Sequence[InferRequest]) -> list[str]:
         names: list[str] = []
@@ -198,6 +243,26 @@ class OnnxRuntimeInstance(ModelInstance):
 
 def _to_str(item: Any) -> str:
     return item.decode("utf-8", errors="surrogateescape") if isinstance(item, bytes) else str(item)
+
+
+def _bf16_value(array: np.ndarray) -> Any:
+    """A BF16 tensor as an OrtValue over the same 16-bit patterns (numpy has no bfloat16 that
+    onnxruntime recognises)."""
+    bits = np.ascontiguousarray(array).view(np.uint16)
+    return _ort().OrtValue.ortvalue_from_numpy_with_onnx_type(bits, _ONNX_BFLOAT16)
+
+
+def _bf16_array(value: Any, name: str) -> np.ndarray:
+    if value.device_name().lower() != "cpu":
+        raise internal(f"onnxruntime returned BF16 output '{name}' on {value.device_name()}")
+    array = np.empty(value.shape(), dtype=NUMPY_DTYPES["BF16"])
+    if array.size:
+        if value.tensor_size_in_bytes() != array.nbytes:
+            raise internal(
+                f"onnxruntime returned {value.tensor_size_in_bytes()} bytes for BF16 output '{name}'"
+            )
+        ctypes.memmove(array.ctypes.data, value.data_ptr(), array.nbytes)
+    return array
 
 
 def create_backend() -> Backend:

@@ -32,6 +32,7 @@ def build_repository(repo: Path) -> Path:
     write_onnx_identity(
         repo, "identity_bytes", "BYTES", (-1,), max_batch_size=0, dynamic_batching=False
     )
+    write_onnx_identity(repo, "identity_bf16", "BF16", (-1,), max_batch_size=8)
     shutil.copytree(PYTHON_MODELS / "py_repeat", repo / "py_repeat")
     shutil.copytree(PYTHON_MODELS / "py_sleep", repo / "py_sleep")
     return repo
@@ -146,6 +147,19 @@ def test_bytes_round_trip_and_a_50_mib_response(client: grpcclient.InferenceServ
     result = client.infer("identity_bytes", [tensor])
     assert len(result.get_response().raw_output_contents[0]) == 4 + 50 * 1024 * 1024
     assert result.as_numpy("OUTPUT0")[0] == big[0]
+
+
+def test_bf16_round_trip(client: grpcclient.InferenceServerClient) -> None:
+    # tritonclient packs BF16 from float32 by truncation; these floats survive it exactly.
+    floats = np.array([[1.5, -2.0, 3.25, 0.0], [-0.0, 65280.0, 1e-38, -7.0]], dtype=np.float32)
+    floats = ((floats.view(np.uint32) >> 16) << 16).view(np.float32)
+    tensor = grpcclient.InferInput("INPUT0", [2, 4], "BF16")
+    tensor.set_data_from_numpy(floats)
+    result = client.infer("identity_bf16", [tensor])
+    assert result.get_output("OUTPUT0").datatype == "BF16"
+    raw = result.get_response().raw_output_contents[0]
+    assert raw == (floats.view(np.uint32) >> 16).astype("<u2").tobytes()
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), floats)
 
 
 def test_bad_requests_get_a_clear_status_and_the_server_keeps_serving(

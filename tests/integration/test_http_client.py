@@ -112,15 +112,12 @@ def test_simple_infer(client: httpclient.InferenceServerClient, binary: bool) ->
     assert result.get_response()["id"] == "r1"
 
 
-# The ONNX Runtime backend cannot yet hand BF16 to onnxruntime (its Python API takes no
-# bfloat16 numpy arrays), nor BYTES that are not UTF-8 (it passes them to onnxruntime as str).
+# The ONNX Runtime backend cannot yet hand BYTES that are not UTF-8 to onnxruntime (it passes
+# them as str).
 BACKEND_GAP = pytest.mark.xfail(strict=True, reason="ONNX Runtime backend gap, see docstring")
-ROUND_TRIP = [
-    pytest.param(d, marks=BACKEND_GAP) if d == "BF16" else d for d in models.IDENTITY_DATATYPES
-]
 
 
-@pytest.mark.parametrize("datatype", ROUND_TRIP)
+@pytest.mark.parametrize("datatype", models.IDENTITY_DATATYPES)
 def test_every_datatype_round_trips(
     client: httpclient.InferenceServerClient, datatype: str
 ) -> None:

@@ -1,0 +1,115 @@
+"""The ONNX Runtime backend without a server: BF16 in and out through OrtValues."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from server.backends.base import InstanceSpec, Timing
+from server.backends.onnxruntime import OnnxRuntimeBackend
+from server.repository.config import load_model_config
+from server.repository.view import build_view
+from server.tensors import NUMPY_DTYPES, from_buffer
+from server.types import InferInput, InferRequest, RequestedOutput
+from tests import models
+
+CPU = InstanceSpec("m_0_0", "m_0", "CPU")
+BF16 = NUMPY_DTYPES["BF16"]
+
+
+def _load(repo: Path, name: str):  # type: ignore[no-untyped-def]
+    backend = OnnxRuntimeBackend()
+    model_dir = repo / name
+    config = load_model_config(
+        model_dir, name, autocomplete=lambda c, d: backend.autocomplete(c, d, d / "1")
+    )
+    view = build_view(config, "1", {})
+    return backend.load(config, view, model_dir / "1", CPU)
+
+
+def _request(*inputs: InferInput, outputs: list[str] | None = None) -> InferRequest:
+    batch = inputs[0].shape[0]
+    wanted = None if outputs is None else [RequestedOutput(n, {}) for n in outputs]
+    return InferRequest("m", inputs=list(inputs), outputs=wanted, batch_size=batch)
+
+
+def _bf16(values: list[float]) -> np.ndarray:
+    # The wire form: the top half of each float32, as tritonclient sends it.
+    bits = (np.asarray(values, np.float32).view(np.uint32) >> 16).astype("<u2")
+    return from_buffer(bits.tobytes(), "BF16", (1, len(values)), "IN")
+
+
+def test_bf16_identity_keeps_every_bit(tmp_path: Path) -> None:
+    models.write_onnx_identity(tmp_path, "id_bf16", "BF16", [-1], 8)
+    instance = _load(tmp_path, "id_bf16")
+    first, second = _bf16([1.5, -2.0, 3.25]), _bf16([0.0, -0.0, 65280.0])
+    results = instance.execute(
+        [
+            _request(InferInput("INPUT0", "BF16", (1, 3), first)),
+            _request(InferInput("INPUT0", "BF16", (1, 3), second)),
+        ],
+        Timing(),
+    )
+    for sent, result in zip((first, second), results, strict=True):
+        assert isinstance(result, dict)
+        out = result["OUTPUT0"]
+        assert out.dtype == BF16 and out.shape == (1, 3)
+        assert out.tobytes() == sent.tobytes()
+
+
+def test_bf16_in_float_out_and_float_in_bf16_out(tmp_path: Path) -> None:
+    # Casts both ways: BF16 only on the input side keeps the plain run, BF16 only on the
+    # output side goes through OrtValues with an ordinary numpy input.
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["A"], ["A_FLOAT"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", ["F"], ["F_BF16"], to=TensorProto.BFLOAT16),
+        ],
+        "casts",
+        [
+            helper.make_tensor_value_info("A", TensorProto.BFLOAT16, ["b", 2]),
+            helper.make_tensor_value_info("F", TensorProto.FLOAT, ["b", 2]),
+        ],
+        [
+            helper.make_tensor_value_info("A_FLOAT", TensorProto.FLOAT, ["b", 2]),
+            helper.make_tensor_value_info("F_BF16", TensorProto.BFLOAT16, ["b", 2]),
+        ],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=models.ONNX_IR_VERSION
+    )
+    onnx.checker.check_model(model)
+    models.write_onnx_model(tmp_path, "casts", model)
+    (tmp_path / "casts" / "config.pbtxt").write_text("max_batch_size: 4\n")
+    instance = _load(tmp_path, "casts")
+    inputs = (
+        InferInput("A", "BF16", (1, 2), _bf16([0.5, -7.0])),
+        InferInput("F", "FP32", (1, 2), np.array([[1.0, -3.5]], np.float32)),
+    )
+    (only_float,) = instance.execute([_request(*inputs, outputs=["A_FLOAT"])], Timing())
+    assert isinstance(only_float, dict) and list(only_float) == ["A_FLOAT"]
+    np.testing.assert_array_equal(only_float["A_FLOAT"], [[0.5, -7.0]])
+    (both,) = instance.execute([_request(*inputs)], Timing())
+    assert isinstance(both, dict)
+    np.testing.assert_array_equal(both["A_FLOAT"], [[0.5, -7.0]])
+    assert both["F_BF16"].dtype == BF16
+    np.testing.assert_array_equal(both["F_BF16"].astype(np.float32), [[1.0, -3.5]])
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "INT64", "BOOL"])
+def test_ordinary_models_do_not_take_the_ort_value_path(tmp_path: Path, datatype: str) -> None:
+    models.write_onnx_identity(tmp_path, "m", datatype, [-1], 8)
+    instance = _load(tmp_path, "m")
+
+    def refuse(*_args: object) -> None:
+        raise AssertionError("run_with_ort_values used for a model without BF16")
+
+    instance._session.run_with_ort_values = refuse  # type: ignore[attr-defined]
+    data = models.sample_array(datatype, (1, 4))
+    (result,) = instance.execute([_request(InferInput("INPUT0", datatype, (1, 4), data))], Timing())
+    assert isinstance(result, dict)
+    np.testing.assert_array_equal(result["OUTPUT0"], data)
