@@ -181,8 +181,11 @@ class OnnxRuntimeInstance(ModelInstance):
             if name in self._model_shapes:
                 lead = (batch,) if self._view.max_batch_size > 0 else ()
                 array = feeds[name] = array.reshape(lead + tuple(self._model_shapes[name]))
-            if name in self._string_inputs and array.dtype == object:
-                feeds[name] = np.vectorize(_to_str, otypes=[object])(array) if array.size else array
+            if name in self._string_inputs and array.dtype == object and array.size:
+                try:
+                    feeds[name] = _as_text(array)
+                except UnicodeDecodeError:
+                    return self._execute_text_requests(requests, timing)
             elif name in self._bf16_inputs:
                 feeds[name] = _bf16_value(array)
         wanted = self._requested(requests)
@@ -205,6 +208,34 @@ class OnnxRuntimeInstance(ModelInstance):
                 lead = (batch,) if self._view.max_batch_size > 0 else ()
                 outputs[name] = outputs[name].reshape(lead + spec.dims)
         return split_outputs(requests, outputs, self._view.max_batch_size > 0)
+
+    def _execute_text_requests(
+        self, requests: Sequence[InferRequest], timing: Timing
+    ) -> list[RequestOutputs]:
+        """Fail only the requests whose string inputs are not UTF-8 and run the rest:
+        onnxruntime's Python API passes str objects, never raw bytes, into string tensors
+        (bytes objects become their repr, and neither OrtValues nor IO binding take strings)."""
+        errors = {i: e for i, r in enumerate(requests) if (e := self._text_error(r)) is not None}
+        rest = [r for i, r in enumerate(requests) if i not in errors]
+        done = iter(self.execute(rest, timing) if rest else [])
+        return [errors[i] if i in errors else next(done) for i in range(len(requests))]
+
+    def _text_error(self, request: InferRequest) -> ServerError | None:
+        for tensor in request.inputs:
+            if tensor.name not in self._string_inputs or tensor.data.dtype != object:
+                continue
+            for index, item in enumerate(tensor.data.ravel()):
+                if not isinstance(item, bytes):
+                    continue
+                try:
+                    item.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    return invalid_arg(
+                        f"input '{tensor.name}' of model '{self._view.name}': element {index} is "
+                        f"not valid UTF-8 ({exc.reason} at byte {exc.start}); the onnxruntime "
+                        "backend passes string tensors to onnxruntime as UTF-8 text"
+                    )
+        return None
 
     def _run_ort_values(self, wanted: list[str], feeds: dict[str, Any]) -> list[np.ndarray]:
         """A run whose outputs include BF16, which onnxruntime cannot hand back as numpy:
@@ -241,8 +272,14 @@ class OnnxRuntimeInstance(ModelInstance):
         self._session = None
 
 
-def _to_str(item: Any) -> str:
-    return item.decode("utf-8", errors="surrogateescape") if isinstance(item, bytes) else str(item)
+def _as_text(array: np.ndarray) -> np.ndarray:
+    """BYTES as str objects, decoded strictly: anything else would change the bytes the
+    model sees."""
+    text = np.empty(array.shape, dtype=object)
+    flat = text.reshape(-1)
+    for index, item in enumerate(array.ravel()):
+        flat[index] = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+    return text
 
 
 def _bf16_value(array: np.ndarray) -> Any:

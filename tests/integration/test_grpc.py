@@ -162,6 +162,20 @@ def test_bf16_round_trip(client: grpcclient.InferenceServerClient) -> None:
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), floats)
 
 
+def test_non_utf8_bytes_into_onnxruntime_are_invalid_argument(stub: Any) -> None:
+    tensor = pb.ModelInferRequest.InferInputTensor
+    request = pb.ModelInferRequest(
+        model_name="identity_bytes",
+        inputs=[tensor(name="INPUT0", datatype="BYTES", shape=[2])],
+        raw_input_contents=[b"\1\0\0\0a\2\0\0\0\xc3\x28"],
+    )
+    code, message = _status(stub.ModelInfer, request)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith(
+        "input 'INPUT0' of model 'identity_bytes': element 1 is not valid UTF-8"
+    )
+
+
 def test_bad_requests_get_a_clear_status_and_the_server_keeps_serving(
     stub: Any, client: grpcclient.InferenceServerClient
 ) -> None:

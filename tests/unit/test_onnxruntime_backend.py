@@ -1,4 +1,5 @@
-"""The ONNX Runtime backend without a server: BF16 in and out through OrtValues."""
+"""The ONNX Runtime backend without a server: BF16 in and out through OrtValues, and BYTES
+that onnxruntime's string tensors cannot carry failing only their own request."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from onnx import TensorProto, helper
 
 from server.backends.base import InstanceSpec, Timing
 from server.backends.onnxruntime import OnnxRuntimeBackend
+from server.errors import Code, ServerError
 from server.repository.config import load_model_config
 from server.repository.view import build_view
 from server.tensors import NUMPY_DTYPES, from_buffer
@@ -98,6 +100,43 @@ def test_bf16_in_float_out_and_float_in_bf16_out(tmp_path: Path) -> None:
     np.testing.assert_array_equal(both["A_FLOAT"], [[0.5, -7.0]])
     assert both["F_BF16"].dtype == BF16
     np.testing.assert_array_equal(both["F_BF16"].astype(np.float32), [[1.0, -3.5]])
+
+
+def _bytes_request(*items: bytes) -> InferRequest:
+    data = np.empty((1, len(items)), dtype=object)
+    data[0, :] = list(items)
+    return _request(InferInput("INPUT0", "BYTES", data.shape, data))
+
+
+def test_non_utf8_bytes_fail_only_their_request(tmp_path: Path) -> None:
+    models.write_onnx_identity(tmp_path, "id_bytes", "BYTES", [-1], 8)
+    instance = _load(tmp_path, "id_bytes")
+    requests = [
+        _bytes_request("caf\u00e9".encode(), b"a\x00b"),
+        _bytes_request(b"ok", b"\x00\xff"),
+        _bytes_request(b"", b"z"),
+        _bytes_request(b"\xc3", b"fine"),
+    ]
+    results = instance.execute(requests, Timing())
+    assert isinstance(results[0], dict) and isinstance(results[2], dict)
+    # onnxruntime hands strings back as str; the codecs send them as UTF-8.
+    assert results[0]["OUTPUT0"].tolist() == [["caf\u00e9", "a\x00b"]]
+    assert results[2]["OUTPUT0"].tolist() == [["", "z"]]
+    for result, index, byte in ((results[1], 1, 1), (results[3], 0, 0)):
+        assert isinstance(result, ServerError) and result.code == Code.INVALID_ARG
+        assert result.message.startswith(
+            f"input 'INPUT0' of model 'id_bytes': element {index} is not valid UTF-8 ("
+        )
+        assert f"at byte {byte})" in result.message
+
+
+def test_non_utf8_bytes_alone_fail_without_running(tmp_path: Path) -> None:
+    models.write_onnx_identity(tmp_path, "id_bytes", "BYTES", [-1], 8)
+    instance = _load(tmp_path, "id_bytes")
+    timing = Timing()
+    (result,) = instance.execute([_bytes_request(b"\xff")], timing)
+    assert isinstance(result, ServerError) and "element 0 is not valid UTF-8" in result.message
+    assert timing.infer_end_ns == 0
 
 
 @pytest.mark.parametrize("datatype", ["FP32", "INT64", "BOOL"])
