@@ -15,6 +15,9 @@ class OnnxModel(MLModel):
         path = await get_model_uri(self._settings)
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # The same session options as the server under comparison: no busy-waiting threads.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self._session = ort.InferenceSession(
             path, sess_options=options, providers=["CPUExecutionProvider"]
         )
