@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     _BF16_DTYPE = np.dtype("<u2")
 
 BYTES = "BYTES"
+_LENGTH = struct.Struct("<I")
 
 NUMPY_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -113,51 +114,93 @@ def serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def deserialize_bytes(buffer: bytes | memoryview, count: int, name: str) -> np.ndarray:
-    """Parse ``count`` length-prefixed elements; the buffer must hold exactly those."""
+def request_prefix(request_id: str) -> str:
+    """How Triton's core opens a message about one request."""
+    return f"[request id: {request_id or '<id_unknown>'}] "
+
+
+def check_bytes_count(
+    array: np.ndarray, shape: Sequence[int], name: str, model: str, request_id: str = ""
+) -> np.ndarray:
+    """A flat BYTES array with exactly the elements ``shape`` holds, reshaped to it."""
+    expected = element_count(shape)
+    got = len(array)
+    if got < expected:
+        raise invalid_arg(
+            f"{request_prefix(request_id)}expected {expected} string elements for inference "
+            f"input '{name}' for model '{model}', got {got}"
+        )
+    if got > expected:
+        raise invalid_arg(
+            f"{request_prefix(request_id)}unexpected number of string elements {got} for "
+            f"inference input '{name}' for model '{model}', expecting {expected}"
+        )
+    return array.reshape(shape)
+
+
+def deserialize_bytes(
+    buffer: bytes | memoryview,
+    shape: Sequence[int],
+    name: str,
+    model: str,
+    request_id: str = "",
+) -> np.ndarray:
+    """Parse length-prefixed elements with Triton's checks, in Triton's order: the whole
+    buffer is walked first, then the element count is judged, and only a right count
+    reports a length prefix that claims more bytes than remain."""
     view = memoryview(buffer)
     total = len(view)
     items: list[bytes] = []
     offset = 0
-    unpack = struct.Struct("<I").unpack_from
-    for _ in range(count):
-        if offset + 4 > total:
+    overrun: tuple[int, int] | None = None
+    unpack = _LENGTH.unpack_from
+    while offset < total:
+        remaining = total - offset
+        if remaining < 4:
             raise invalid_arg(
-                f"unexpected number of string elements {len(items)} for inference input "
-                f"'{name}', expecting {count}"
+                f"{request_prefix(request_id)}incomplete string length indicator for inference "
+                f"input '{name}' for model '{model}', expecting 4 bytes but only {remaining} "
+                "bytes available. Please make sure the string length indicator is in one buffer."
             )
         (length,) = unpack(view, offset)
         offset += 4
-        if offset + length > total:
-            raise invalid_arg(
-                f"element byte size indicated by string length prefix {length} for input "
-                f"'{name}' exceeds the remaining {total - offset} bytes of the tensor"
-            )
+        if length > total - offset:
+            overrun = (length, total - offset)
+            items.append(b"")
+            break
         items.append(bytes(view[offset : offset + length]))
         offset += length
-    if offset != total:
-        raise invalid_arg(
-            f"unexpected number of string elements for inference input '{name}': "
-            f"{total - offset} bytes remain after {count} elements"
-        )
-    array = np.empty(count, dtype=object)
+    array = np.empty(len(items), dtype=object)
     array[:] = items
+    array = check_bytes_count(array, shape, name, model, request_id)
+    if overrun is not None:
+        raise invalid_arg(
+            f"incomplete string data for inference input '{name}', expecting string of length "
+            f"{overrun[0]} but only {overrun[1]} bytes available"
+        )
     return array
 
 
-def from_buffer(buffer: bytes | memoryview, datatype: str, shape: Sequence[int], name: str) -> np.ndarray:
-    """Build a tensor from raw little-endian bytes, checking the byte size exactly."""
-    count = element_count(shape)
+def from_buffer(
+    buffer: bytes | memoryview,
+    datatype: str,
+    shape: Sequence[int],
+    name: str,
+    model: str = "",
+    request_id: str = "",
+) -> np.ndarray:
+    """Build a tensor from raw little-endian bytes, checking the byte size exactly; messages
+    name the model and the request as Triton's core does."""
     if datatype == BYTES:
-        return deserialize_bytes(buffer, count, name).reshape(shape)
+        return deserialize_bytes(buffer, shape, name, model, request_id)
     dtype = NUMPY_DTYPES.get(datatype)
     if dtype is None:
         raise invalid_arg(f"invalid datatype '{datatype}' for input '{name}'")
-    expected = count * dtype.itemsize
+    expected = element_count(shape) * dtype.itemsize
     if len(buffer) != expected:
         raise invalid_arg(
-            f"input byte size mismatch for input '{name}', expected {expected} bytes, "
-            f"got {len(buffer)} bytes"
+            f"{request_prefix(request_id)}input byte size mismatch for input '{name}' for model "
+            f"'{model}'. Expected {expected}, got {len(buffer)}"
         )
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
@@ -175,5 +218,8 @@ def to_bytes(array: np.ndarray, datatype: str) -> bytes | memoryview:
 
 def byte_size(array: np.ndarray, datatype: str) -> int:
     if datatype == BYTES:
-        return sum(4 + len(item if isinstance(item, bytes) else str(item).encode()) for item in array.ravel())
+        return sum(
+            4 + len(item if isinstance(item, bytes) else str(item).encode())
+            for item in array.ravel()
+        )
     return array.size * ELEMENT_SIZE[datatype]

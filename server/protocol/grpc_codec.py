@@ -15,7 +15,15 @@ import numpy as np
 from server.errors import invalid_arg
 from server.protocol.generated import grpc_service_pb2 as pb
 from server.shm import BYTE_SIZE, REGION
-from server.tensors import BYTES, NUMPY_DTYPES, element_count, from_buffer, to_bytes
+from server.tensors import (
+    BYTES,
+    NUMPY_DTYPES,
+    check_bytes_count,
+    element_count,
+    from_buffer,
+    request_prefix,
+    to_bytes,
+)
 from server.types import InferInput, InferRequest, InferResponse, RequestedOutput
 
 FINAL_RESPONSE = "triton_final_response"
@@ -117,7 +125,10 @@ def decode_infer_request(message: Any) -> InferRequest:
             buffer = raw[raw_index]
             raw_index += 1
             # Negative dims are reported by validation, with the model's context.
-            data = _EMPTY if any(d < 0 for d in dims) else from_buffer(buffer, datatype, dims, name)
+            if any(d < 0 for d in dims):
+                data = _EMPTY
+            else:
+                data = from_buffer(buffer, datatype, dims, name, model, request.id)
         elif has_contents:
             data = _from_contents(tensor.contents, datatype, dims, name, request)
         else:
@@ -178,7 +189,6 @@ def _from_contents(
     contents: Any, datatype: str, dims: tuple[int, ...], name: str, request: InferRequest
 ) -> np.ndarray:
     model = request.model_name
-    prefix = f"[request id: {request.id or '<id_unknown>'}] "
     expected_field = _CONTENTS_FIELD.get(datatype)
     for field, _ in contents.ListFields():
         if field.name != expected_field:
@@ -195,19 +205,14 @@ def _from_contents(
     values = getattr(contents, expected_field)
     count = element_count(dims)
     if datatype == BYTES:
-        if len(values) != count:
-            raise invalid_arg(
-                f"{prefix}expected {count} string elements for inference input '{name}' for "
-                f"model '{model}', got {len(values)}"
-            )
-        array = np.empty(count, dtype=object)
+        array = np.empty(len(values), dtype=object)
         array[:] = list(values)
-        return array.reshape(dims)
+        return check_bytes_count(array, dims, name, model, request.id)
     dtype = NUMPY_DTYPES[datatype]
     if len(values) != count:
         raise invalid_arg(
-            f"{prefix}input byte size mismatch for input '{name}' for model '{model}'. Expected "
-            f"{count * dtype.itemsize}, got {len(values) * dtype.itemsize}"
+            f"{request_prefix(request.id)}input byte size mismatch for input '{name}' for model "
+            f"'{model}'. Expected {count * dtype.itemsize}, got {len(values) * dtype.itemsize}"
         )
     try:
         return np.asarray(values, dtype=dtype).reshape(dims)

@@ -209,6 +209,8 @@ def invalid_cases() -> list[tuple[str, str, bytes | None, dict[str, str]]]:
     add("unknown-model", "nope", J({"inputs": simple_inputs()}))
     add("unknown-version", "simple/versions/3", J({"inputs": simple_inputs()}))
     add("raw-unknown-model", "nope", b"abc", RAW)
+    add("raw-odd-size", "id_fp32", b"abcde", RAW)
+    add("raw-odd-size-fixed-dim", "id_2x", b"abcdefghijkl", RAW)
     # Validation in the core.
     add("missing-input", "simple", J({"id": "m", "inputs": simple_inputs()[:1]}))
     add(
@@ -349,7 +351,54 @@ def invalid_cases() -> list[tuple[str, str, bytes | None, dict[str, str]]]:
         *binary_request(bytes_doc(1, 9), struct.pack("<I", 3) + b"abcXY"),
     )
     add("bytes-short-prefix", "id_bytes", *binary_request(bytes_doc(1, 2), b"ab"))
-    return cases
+    # The same checks with a request id, which Triton's core puts in front of most of them.
+    with_id = {"id": "b1", **bytes_doc(2, 10)}
+    add(
+        "bytes-count-with-id",
+        "id_bytes",
+        *binary_request(with_id, struct.pack("<I", 100) + b"abcdef"),
+    )
+    add(
+        "bytes-overrun-second",
+        "id_bytes",
+        *binary_request(
+            {"id": "b2", **bytes_doc(2, 11)},
+            struct.pack("<I", 1) + b"a" + struct.pack("<I", 9) + b"bc",
+        ),
+    )
+    add("bytes-none-for-one", "id_bytes", *binary_request({"id": "b3", **bytes_doc(1, 0)}, b""))
+    add(
+        "bytes-one-for-none",
+        "id_bytes",
+        *binary_request(bytes_doc(0, 4), struct.pack("<I", 0)),
+    )
+    add(
+        "bytes-partial-prefix-with-id",
+        "id_bytes",
+        *binary_request({"id": "b4", **bytes_doc(1, 9)}, struct.pack("<I", 3) + b"abcXY"),
+    )
+    add(
+        "binary-size-long-with-id",
+        "simple",
+        *binary_request(
+            {
+                "id": "s1",
+                "inputs": [
+                    tensor("INPUT0", "INT32", [1, 16], binary_data_size=68),
+                    simple_inputs()[1],
+                ],
+            },
+            INT16 + b"xxxx",
+        ),
+    )
+    add(
+        "binary-size-fp16",
+        "id_fp16",
+        *binary_request(
+            {"id": "h", "inputs": [tensor("INPUT0", "FP16", [1, 3], binary_data_size=4)]},
+            b"\0" * 4,
+        ),
+    )
     return cases
 
 

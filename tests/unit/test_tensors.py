@@ -12,50 +12,117 @@ import pytest
 from server.core import classify
 from server.errors import Code, ServerError
 from server.http import compression
-from server.tensors import deserialize_bytes, from_buffer, serialize_bytes, to_bytes, wire_datatype_of
+from server.tensors import (
+    deserialize_bytes,
+    from_buffer,
+    serialize_bytes,
+    to_bytes,
+    wire_datatype_of,
+)
 
 
 def test_bytes_round_trip_uses_little_endian_length_prefixes() -> None:
     array = np.array([b"a", b"", "\u00e9t\u00e9".encode(), b"\x00\xff"], dtype=object)
     raw = serialize_bytes(array)
     assert raw[:5] == struct.pack("<I", 1) + b"a"
-    back = deserialize_bytes(raw, 4, "X")
-    assert list(back) == list(array)
+    back = deserialize_bytes(raw, (2, 2), "X", "m")
+    assert back.shape == (2, 2) and back.ravel().tolist() == array.tolist()
 
 
-def test_bytes_prefix_that_overruns_is_rejected() -> None:
-    raw = struct.pack("<I", 100) + b"short"
+def _message(raw: bytes, shape: tuple[int, ...], request_id: str = "") -> str:
     with pytest.raises(ServerError) as info:
-        deserialize_bytes(raw, 1, "IN")
+        from_buffer(raw, "BYTES", shape, "IN", "m", request_id)
     assert info.value.code == Code.INVALID_ARG
-    assert "'IN'" in info.value.message
+    return info.value.message
 
 
-def test_bytes_trailing_data_is_rejected() -> None:
-    raw = serialize_bytes(np.array([b"ab"], dtype=object)) + b"zz"
-    with pytest.raises(ServerError):
-        deserialize_bytes(raw, 1, "IN")
+def _prefixed(length: int, data: bytes) -> bytes:
+    return struct.pack("<I", length) + data
+
+
+# Triton 2.51's words and order (tests/differential/test_grpc_vs_triton.py compares them live).
+@pytest.mark.parametrize(
+    ("raw", "shape", "message"),
+    [
+        (
+            _prefixed(100, b"abc"),
+            (1, 1),
+            "incomplete string data for inference input 'IN', expecting string of length 100 "
+            "but only 3 bytes available",
+        ),
+        (
+            _prefixed(1, b"a") + _prefixed(9, b"bc"),
+            (2,),
+            "incomplete string data for inference input 'IN', expecting string of length 9 "
+            "but only 2 bytes available",
+        ),
+        # A wrong count is reported before an overrunning prefix.
+        (
+            _prefixed(100, b"abcdef"),
+            (1, 2),
+            "[request id: r1] expected 2 string elements for inference input 'IN' for model "
+            "'m', got 1",
+        ),
+        (
+            _prefixed(3, b"abc") * 2,
+            (1,),
+            "[request id: r1] unexpected number of string elements 2 for inference input 'IN' "
+            "for model 'm', expecting 1",
+        ),
+        (
+            b"",
+            (1,),
+            "[request id: r1] expected 1 string elements for inference input 'IN' for model "
+            "'m', got 0",
+        ),
+        (
+            _prefixed(3, b"abcXY"),
+            (1,),
+            "[request id: r1] incomplete string length indicator for inference input 'IN' for "
+            "model 'm', expecting 4 bytes but only 2 bytes available. Please make sure the "
+            "string length indicator is in one buffer.",
+        ),
+    ],
+)
+def test_bytes_layout_errors_use_triton_words(
+    raw: bytes, shape: tuple[int, ...], message: str
+) -> None:
+    assert _message(raw, shape, "r1") == message
+
+
+def test_messages_without_a_request_id_say_id_unknown() -> None:
+    assert _message(b"", (1,)).startswith("[request id: <id_unknown>] expected 1 string")
 
 
 def test_from_buffer_checks_byte_size_exactly() -> None:
     data = np.arange(6, dtype="<f4")
-    tensor = from_buffer(data.tobytes(), "FP32", (2, 3), "IN")
+    tensor = from_buffer(data.tobytes(), "FP32", (2, 3), "IN", "m")
     assert tensor.shape == (2, 3) and tensor.dtype == np.dtype("<f4")
-    with pytest.raises(ServerError) as info:
-        from_buffer(data.tobytes()[:-1], "FP32", (2, 3), "IN")
-    assert "expected 24 bytes, got 23" in info.value.message
+    for raw in (data.tobytes()[:-1], data.tobytes() + b"\0"):
+        with pytest.raises(ServerError) as info:
+            from_buffer(raw, "FP32", (2, 3), "IN", "m", "r2")
+        assert info.value.message == (
+            f"[request id: r2] input byte size mismatch for input 'IN' for model 'm'. "
+            f"Expected 24, got {len(raw)}"
+        )
 
 
 @pytest.mark.parametrize(
     ("dtype", "wire"),
-    [(np.bool_, "BOOL"), (np.uint16, "UINT16"), (np.int64, "INT64"), (np.float16, "FP16"), (np.float64, "FP64")],
+    [
+        (np.bool_, "BOOL"),
+        (np.uint16, "UINT16"),
+        (np.int64, "INT64"),
+        (np.float16, "FP16"),
+        (np.float64, "FP64"),
+    ],
 )
 def test_numeric_round_trip(dtype: type, wire: str) -> None:
     array = np.arange(12).reshape(3, 4).astype(dtype)
     assert wire_datatype_of(array) == wire
     raw = bytes(to_bytes(array, wire))
     assert raw == array.astype(array.dtype.newbyteorder("<")).tobytes()
-    np.testing.assert_array_equal(from_buffer(raw, wire, (3, 4), "X"), array)
+    np.testing.assert_array_equal(from_buffer(raw, wire, (3, 4), "X", "m"), array)
 
 
 def test_non_contiguous_arrays_serialize_in_row_major_order() -> None:
