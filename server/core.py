@@ -16,10 +16,10 @@ from server import __version__
 from server.errors import Code, ServerError, internal, invalid_arg, unavailable
 from server.repository.config import config_to_json_dict, parse_config_json
 from server.repository.manager import LoadedVersion, ModelManager
-from server.repository.view import ModelView
+from server.repository.view import ModelView, TensorSpec
 from server.scheduler.base import failure_reason
 from server.shm import SharedMemoryRegistry, uses_shared_memory
-from server.tensors import wire_datatype_of
+from server.tensors import NUMPY_DTYPES, wire_datatype_of
 from server.types import InferRequest, InferResponse, OutputTensor
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ class Core:
                 )
                 datatype = "BYTES"
             else:
-                datatype = spec.datatype if spec is not None else wire_datatype_of(array)
+                datatype = _output_datatype(array, spec, name, view.name)
             tensors.append(
                 OutputTensor(
                     name, datatype, tuple(array.shape), array, dict(params) if params else {}
@@ -323,6 +323,20 @@ class Core:
         if self.options.model_control_mode != "explicit":
             raise unavailable("explicit model load / unload is not allowed if polling is enabled")
         await self.manager.unload(name)
+
+
+def _output_datatype(array: np.ndarray, spec: TensorSpec | None, name: str, model: str) -> str:
+    """The configured datatype, unless the backend produced another one: Triton answers with
+    the type a Python model actually returned (FP64 for an output declared FP32)."""
+    if spec is not None and array.dtype == NUMPY_DTYPES[spec.datatype]:
+        return spec.datatype
+    try:
+        return wire_datatype_of(array)
+    except ServerError:
+        raise internal(
+            f"output '{name}' of model '{model}' has numpy datatype {array.dtype}, which no "
+            "wire datatype carries"
+        ) from None
 
 
 def _view(loaded: LoadedVersion) -> ModelView:
