@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.backends.base import Timing
+from server.errors import ServerError
 
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
@@ -25,6 +26,26 @@ QUEUE_DELAY_BUCKETS_US: tuple[float, ...] = (
 # Receives (kind, nanoseconds) per request for latency summaries; kinds are "request",
 # "queue", "compute_input", "compute_infer", "compute_output" and "first_response".
 LatencyObserver = Callable[[str, int], None]
+
+
+class ErrorResponse(ServerError):
+    """An error a model answered one request with (a Python model's
+    ``InferenceResponse(error=...)``), as opposed to a request its execution failed.
+
+    The client receives the error all the same, but the request was executed: Triton counts
+    it as a success in the statistics and metrics, with its queue and compute times.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, error: ServerError) -> ErrorResponse:
+        return cls(error.code, error.message)
+
+
+def counts_as_success(result: object) -> bool:
+    """Whether one request's outcome of an execution counts as a success."""
+    return not isinstance(result, ServerError) or isinstance(result, ErrorResponse)
 
 
 @dataclass(slots=True)
@@ -57,6 +78,14 @@ class Duration:
         return {"count": self.count, "ns": self.ns}
 
 
+def _phases(timing: Timing) -> tuple[int, int, int]:
+    return (
+        timing.input_end_ns - timing.compute_start_ns,
+        timing.infer_end_ns - timing.input_end_ns,
+        timing.output_end_ns - timing.infer_end_ns,
+    )
+
+
 @dataclass(slots=True)
 class BatchStat:
     compute_input: Duration = field(default_factory=Duration)
@@ -85,18 +114,29 @@ class ModelStats:
     observer: LatencyObserver | None = None
 
     def record_execution(self, batch_size: int, request_count: int, timing: Timing) -> None:
-        input_ns = timing.input_end_ns - timing.compute_start_ns
-        infer_ns = timing.infer_end_ns - timing.input_end_ns
-        output_ns = timing.output_end_ns - timing.infer_end_ns
+        """An execution of ``batch_size`` rows in which ``request_count`` requests completed."""
+        self.record_batch(batch_size, timing)
+        self.record_computed(batch_size, request_count, timing)
+
+    def record_batch(self, batch_size: int, timing: Timing) -> None:
+        """One run of the model over ``batch_size`` rows, whatever its requests' outcome:
+        the execution count and the per-batch-size statistics."""
+        input_ns, infer_ns, output_ns = _phases(timing)
         self.execution_count += 1
-        self.inference_count += batch_size
         stat = self.batch_stats.get(batch_size)
         if stat is None:
             stat = self.batch_stats[batch_size] = BatchStat()
         stat.compute_input.add(input_ns)
         stat.compute_infer.add(infer_ns)
         stat.compute_output.add(output_ns)
-        # Each request is charged its batch's full compute time, as Triton does.
+        self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def record_computed(self, rows: int, request_count: int, timing: Timing) -> None:
+        """Requests that an execution completed (``rows`` batch rows in all): each is
+        charged its batch's full compute time, as Triton does. Requests that failed in the
+        execution are not counted here."""
+        input_ns, infer_ns, output_ns = _phases(timing)
+        self.inference_count += rows
         for _ in range(request_count):
             self.compute_input.add(input_ns)
             self.compute_infer.add(infer_ns)
@@ -106,14 +146,28 @@ class ModelStats:
                 self.observer("compute_input", input_ns)
                 self.observer("compute_infer", infer_ns)
                 self.observer("compute_output", output_ns)
-        self.last_inference_ms = time.time_ns() // 1_000_000
 
     def record_queue(self, queue_start_ns: int, compute_start_ns: int) -> None:
+        """The queue time of a request its execution completed."""
+        self.settle_queue(self.record_dequeue(queue_start_ns, compute_start_ns), completed=True)
+
+    def record_dequeue(self, queue_start_ns: int, compute_start_ns: int) -> int:
+        """A request left the queue for an execution: its wait counts from now on (and
+        goes into the queue-delay histogram for good). Returns the wait in nanoseconds."""
         waited = max(compute_start_ns - queue_start_ns, 0)
         self.queue.add(waited)
         self.queue_delay_us.observe(waited / 1000.0)
-        if self.observer is not None:
-            self.observer("queue", waited)
+        return waited
+
+    def settle_queue(self, waited_ns: int, *, completed: bool) -> None:
+        """After the execution: Triton keeps the queue time of the requests it completed
+        only, so a request that failed in its execution gives its wait back."""
+        if completed:
+            if self.observer is not None:
+                self.observer("queue", waited_ns)
+            return
+        self.queue.count -= 1
+        self.queue.ns -= waited_ns
 
     def record_success(self, request_start_ns: int, end_ns: int) -> None:
         self.success.add(end_ns - request_start_ns)
@@ -121,7 +175,8 @@ class ModelStats:
             self.observer("request", max(end_ns - request_start_ns, 0))
 
     def record_first_response(self, request_start_ns: int, first_response_ns: int) -> None:
-        """For decoupled models: the time from a request's start to its first response."""
+        """For decoupled models: the time from a request's start to its first response
+        (data or an error response; the bare final flag is not a response)."""
         if self.observer is not None:
             self.observer("first_response", max(first_response_ns - request_start_ns, 0))
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from server.backends.base import ModelInstance, RequestOutputs, Timing
 from server.errors import Code, ServerError, internal, unavailable
 from server.repository.view import ModelView
-from server.stats import ModelStats
+from server.stats import ModelStats, counts_as_success
 from server.types import InferRequest
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,8 @@ class Scheduler(abc.ABC):
                 f"for {len(batch)} requests"
             )
             results = [internal(message)] * len(batch)
-        return [Execution(batch, timing, results)]
+        counts = bool(getattr(instance, "reports_failed_executions", False))
+        return [Execution(batch, timing, results, counts)]
 
     # --- dispatch ------------------------------------------------------------------
     _wake_handle: asyncio.TimerHandle | None = None
@@ -199,7 +200,7 @@ class Scheduler(abc.ABC):
         for request in batch:
             request.compute_start_ns = timing.compute_start_ns
             self.stats.pending -= 1
-            self.stats.record_queue(request.queue_start_ns, timing.compute_start_ns)
+            self.stats.record_dequeue(request.queue_start_ns, timing.compute_start_ns)
         assert self._loop is not None
         task = self._loop.run_in_executor(self._executor, self._execute, instance, batch, timing)
         task.add_done_callback(lambda done: self._finish(instance, batch, done))
@@ -225,19 +226,31 @@ class Scheduler(abc.ABC):
         self._dispatch()
 
     def _record(self, execution: Execution) -> None:
+        """Triton's accounting of one execution: the requests it completed (error responses
+        included) keep their queue time and add their rows and compute times; the run
+        itself counts once, even when every request failed if the backend reports such
+        runs (as Triton's Python backend does; its tensor backends do not)."""
         timing = execution.timing
         timing.output_end_ns = timing.output_end_ns or time.monotonic_ns()
         if not timing.input_end_ns:
             timing.input_end_ns = timing.compute_start_ns
         if not timing.infer_end_ns:
             timing.infer_end_ns = timing.input_end_ns
-        executed = [
-            request.batch_size
-            for request, result in zip(execution.batch, execution.results, strict=True)
-            if not isinstance(result, ServerError)
-        ]
-        if executed:
-            self.stats.record_execution(sum(executed) or 1, len(executed), timing)
+        completed = []
+        for request, result in zip(execution.batch, execution.results, strict=True):
+            done = counts_as_success(result)
+            # The wait ended at dispatch, also for a part a scheduler re-ran later.
+            waited = max(request.compute_start_ns - request.queue_start_ns, 0)
+            self.stats.settle_queue(waited, completed=done)
+            if done:
+                completed.append(request)
+        if not completed and not execution.counts_failures:
+            return
+        rows = sum(request.batch_size for request in execution.batch) or 1
+        self.stats.record_batch(rows, timing)
+        if completed:
+            done_rows = sum(request.batch_size for request in completed) or 1
+            self.stats.record_computed(done_rows, len(completed), timing)
 
 
 @dataclass(slots=True)
@@ -247,3 +260,5 @@ class Execution:
     batch: list[InferRequest]
     timing: Timing
     results: list[RequestOutputs]
+    # Whether the run counts as an execution even when every request failed in it.
+    counts_failures: bool = False

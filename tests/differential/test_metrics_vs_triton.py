@@ -16,13 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from tests.harness import run_server
-from tests.models import write_onnx_add_sub, write_python_add_sub
+from tests.models import write_onnx_add_sub, write_python_add_sub, write_python_model
 
 pytestmark = pytest.mark.triton
 
@@ -129,6 +132,24 @@ def settled(url: str, sent: dict[str, int], timeout: float = 10.0) -> dict[str, 
         time.sleep(0.05)  # between scrapes of a real endpoint
 
 
+def model_stats(http_url: str, model: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=10) as r:
+        return json.loads(r.read())["model_stats"][0]
+
+
+def stat_counts(stats: dict[str, Any]) -> dict[str, Any]:
+    """The counts of a statistics extension entry (durations differ between servers)."""
+    return {
+        "inference_count": stats["inference_count"],
+        "execution_count": stats["execution_count"],
+        **{key: value["count"] for key, value in stats["inference_stats"].items()},
+        "batch_stats": [
+            (b["batch_size"], b["compute_input"]["count"], b["compute_infer"]["count"])
+            for b in stats["batch_stats"]
+        ],
+    }
+
+
 def label_sets(families: dict[str, Any]) -> dict[str, set[frozenset[str]]]:
     return {
         name: {frozenset(k for k in s.labels if k != "gpu_uuid") for s in family.samples}
@@ -162,6 +183,7 @@ class Pair:
             for _, http in urls.values():
                 send_requests(http, raise_values)
             self.after = {side: settled(metrics, sent) for side, (metrics, _) in urls.items()}
+            self.stats = {side: model_stats(http, "py_raise") for side, (_, http) in urls.items()}
 
     def value(self, side: str, family: str, model: str, suffix: str = "", **labels: str) -> float:
         return model_value(series(self.after[side]), family, model, suffix, **labels)
@@ -213,21 +235,108 @@ def test_metrics_match_tritonserver(tmp_path: Path, triton_server: Any) -> None:
             assert count == pair.value(side, "nv_inference_request_success", model), side
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "statistics accounting differs from tritonserver's on failures: it counts a model's "
-        "error response as a success and counts the execution of a batch whose execute() "
-        "raised; this server counts the first as a BACKEND failure and skips the second"
-    ),
-)
 def test_failure_accounting_matches_tritonserver(tmp_path: Path, triton_server: Any) -> None:
-    # -1 makes execute() raise; 0 makes the model return an error response.
-    pair = Pair(tmp_path, triton_server, raise_values=(-1, 0))
+    # -1 makes execute() raise; 0 makes the model return an error response; 3 succeeds.
+    pair = Pair(tmp_path, triton_server, raise_values=(-1, 0, 3))
     for family in COUNTS:
         pair.assert_same_movement(family, "py_raise")
     for reason in REASONS:
         pair.assert_same_movement("nv_inference_request_failure", "py_raise", reason=reason)
+    for family in ("nv_inference_queue_summary_us", "nv_inference_request_summary_us"):
+        for side in ("ours", "theirs"):
+            count = pair.value(side, family, "py_raise", "_count")
+            # Only the requests the model answered: the error response and the success.
+            assert count == 2, (side, family, count)
+    ours, theirs = (stat_counts(pair.stats[side]) for side in ("ours", "theirs"))
+    assert ours == theirs
+    # The raising execution counts as one, but neither its inference nor its queue time.
+    assert (ours["execution_count"], ours["inference_count"], ours["queue"]) == (3, 2, 2)
+    assert (ours["success"], ours["fail"]) == (2, 1)
+
+
+DECOUPLED_RAISE = """\
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            values = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            if values[0] < 0:
+                raise ValueError("negative first value")
+            sender = request.get_response_sender()
+            for value in values.tolist():
+                out = pb_utils.Tensor("OUT", np.array([value], dtype=np.int32))
+                idx = pb_utils.Tensor("IDX", np.array([0], dtype=np.uint32))
+                sender.send(pb_utils.InferenceResponse(output_tensors=[out, idx]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+
+def stream(grpc_url: str, model: str, values: list[int]) -> list[str]:
+    """One request on a ModelStreamInfer call; the error messages it brought."""
+    request = pb.ModelInferRequest(
+        model_name=model,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="IN", datatype="INT32", shape=[len(values)])],
+        raw_input_contents=[np.array(values, dtype=np.int32).tobytes()],
+    )  # fmt: skip
+    with grpc.insecure_channel(grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        return [r.error_message for r in stub.ModelStreamInfer(iter([request]), timeout=30)]
+
+
+def settled_stats(http_url: str, model: str, sent: int, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = model_stats(http_url, model)
+        done = sum(stats["inference_stats"][k]["count"] for k in ("success", "fail"))
+        if done == sent or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.05)  # between polls of a real endpoint
+
+
+def test_decoupled_failure_accounting_matches_tritonserver(
+    tmp_path: Path, triton_server: Any
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(PY_MODELS / "py_repeat", repo / "py_repeat")
+    config = (PY_MODELS / "py_repeat" / "config.pbtxt").read_text()
+    write_python_model(
+        repo, "py_stream_raise", DECOUPLED_RAISE, config.replace("py_repeat", "py_stream_raise")
+    )
+    triton = triton_server(repo, FLAGS)
+    with run_server(["--model-repository", str(repo), *FLAGS]) as ours:
+        seen: dict[str, Any] = {}
+        for side, server in (("ours", ours), ("theirs", triton)):
+            # An error response in the stream, then a raising execute(), then a success.
+            errors = [
+                stream(server.grpc_url, "py_repeat", [4, -2, 6]),
+                stream(server.grpc_url, "py_stream_raise", [-1]),
+                stream(server.grpc_url, "py_stream_raise", [5]),
+            ]
+            seen[side] = {
+                "errors": [[bool(e) for e in call] for call in errors],
+                "py_repeat": stat_counts(settled_stats(server.http_url, "py_repeat", 1)),
+                "py_stream_raise": stat_counts(
+                    settled_stats(server.http_url, "py_stream_raise", 2)
+                ),
+            }
+            failures = series(scrape(server.metrics_url))
+            seen[side]["failures"] = {
+                (model, reason): model_value(
+                    failures, "nv_inference_request_failure", model, reason=reason
+                )
+                for model in ("py_repeat", "py_stream_raise")
+                for reason in REASONS
+            }
+    assert seen["ours"]["py_repeat"] == seen["theirs"]["py_repeat"]
+    assert seen["ours"]["py_stream_raise"] == seen["theirs"]["py_stream_raise"]
+    assert seen["ours"]["failures"] == seen["theirs"]["failures"]
+    assert seen["ours"]["errors"] == seen["theirs"]["errors"]
+    assert seen["ours"]["py_repeat"]["success"] == 1
+    assert seen["ours"]["py_stream_raise"]["fail"] == 1
 
 
 def test_pending_count_moves_like_tritonserver(tmp_path: Path, triton_server: Any) -> None:

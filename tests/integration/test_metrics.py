@@ -125,12 +125,13 @@ def test_metrics_agree_with_statistics_and_requests(repo: Path) -> None:
         assert simple["nv_inference_request_success"] == 5
         assert simple["nv_inference_count"] == 8  # rows sent
         raising = values(text, "py_raise")
-        assert raising["nv_inference_request_success"] == 3
-        assert (
-            raising["nv_inference_request_failure:BACKEND"]
-            + raising["nv_inference_request_failure:OTHER"]
-            == 3
-        )
+        # As in Triton: the error response the model gave for 0 is a success, the two
+        # executions that raised are failures, yet all six count as executions.
+        assert raising["nv_inference_request_success"] == 4
+        assert raising["nv_inference_request_failure:BACKEND"] == 2
+        assert raising["nv_inference_request_failure:OTHER"] == 0
+        assert raising["nv_inference_count"] == 4
+        assert raising["nv_inference_exec_count"] == 6
         assert raising["nv_inference_request_failure:REJECTED"] == 0
         assert raising["nv_inference_request_failure:CANCELED"] == 0
         # A scrape is not a request: the counters stay where they were.

@@ -181,6 +181,10 @@ class PythonBackend(Backend):
 
 
 class PythonInstance(ModelInstance):
+    # Triton's Python backend reports every execution to the statistics, also one whose
+    # execute() raised.
+    reports_failed_executions = True
+
     def __init__(
         self, model: Any, view: ModelView, instance: InstanceSpec, module: ModuleType | None = None
     ) -> None:
@@ -240,10 +244,9 @@ class PythonInstance(ModelInstance):
     ) -> list[RequestOutputs]:
         if not self._view.decoupled:
             return [error] * len(senders)
-        # A stream learns of the failure in-band; the request itself completes.
-        for sender in senders:
-            sender.fail(error)
-        return [{} for _ in senders]
+        # A stream learns of the failure in-band; the request fails all the same, unless
+        # the model had already completed its stream.
+        return [error if sender.fail(error) else {} for sender in senders]
 
     def _converter(self, request: InferRequest) -> Any:
         view = self._view

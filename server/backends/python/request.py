@@ -19,6 +19,7 @@ from server.backends.python.messages import (
 from server.backends.python.tensor import Tensor, as_bytes_array
 from server.errors import ServerError, internal
 from server.repository.view import ModelView, TensorSpec
+from server.stats import ErrorResponse
 from server.tensors import NUMPY_DTYPES
 from server.types import InferRequest, InferResponse
 
@@ -97,13 +98,15 @@ class InferenceResponseSender:
     def closed(self) -> bool:
         return self._closed
 
-    def fail(self, error: ServerError) -> None:
-        """End the stream with ``error`` unless the model already closed it."""
+    def fail(self, error: ServerError) -> bool:
+        """End the stream with ``error`` unless the model already closed it; True when
+        the error went out."""
         with self._lock:
             if self._closed:
-                return
+                return False
             self._closed = True
             self._deliver([error, None])
+            return True
 
     def _deliver(self, items: list[StreamItem]) -> None:
         queue = self._request.response_queue
@@ -250,7 +253,8 @@ def response_outputs(response: Any, view: ModelView) -> dict[str, np.ndarray] | 
         )
     error = response.error()
     if error is not None:
-        return to_server_error(error)
+        # The model answered: the request counts as executed, as in Triton's statistics.
+        return ErrorResponse.of(to_server_error(error))
     outputs: dict[str, np.ndarray] = {}
     for tensor in response.output_tensors():
         spec = view.outputs.get(tensor.name())
