@@ -202,11 +202,15 @@ class Core:
         # The first error that failed the request in-band (error responses a model sends
         # do not: Triton counts such a request as a success).
         failure: ServerError | None = None
+        first = True
         try:
             while True:
                 item = await queue.get()
                 if item is None:  # the final flag
                     break
+                if first:
+                    first = False
+                    stats.record_first_response(request.request_start_ns, time.monotonic_ns())
                 if isinstance(item, BaseException) and not isinstance(item, ServerError):
                     item = ServerError(Code.INTERNAL, str(item))
                 if isinstance(item, ServerError):

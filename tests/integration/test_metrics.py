@@ -4,6 +4,7 @@ extension and with the requests sent, follow loads and unloads, and obey the fla
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 import urllib.error
@@ -12,13 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from tests.harness import run_server
-from tests.models import write_onnx_add_sub
+from tests.models import write_onnx_add_sub, write_python_model
 
 PY_MODELS = Path(__file__).resolve().parents[1] / "python_models"
 DURATIONS = {
@@ -223,3 +227,74 @@ def test_metrics_listener_routes_and_off_switch(repo: Path) -> None:
     ) as srv:
         assert "metrics" not in srv.ports
         assert "Started Metrics Service" not in srv.log()
+
+
+SLOW_FIRST = """\
+import threading
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            delay = float(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0]) / 1000
+            sender = request.get_response_sender()
+            threading.Thread(target=self.answer, args=(delay, sender)).start()
+        return None
+
+    def answer(self, delay, sender):
+        time.sleep(delay)
+        for index in range(2):
+            out = pb_utils.Tensor("OUT", np.array([index], dtype=np.int32))
+            idx = pb_utils.Tensor("IDX", np.array([index], dtype=np.uint32))
+            sender.send(pb_utils.InferenceResponse(output_tensors=[out, idx]))
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+"""
+
+
+def stream_one(grpc_url: str, model: str, value: int) -> int:
+    """One request on a ModelStreamInfer call; the number of messages that came back."""
+    request = pb.ModelInferRequest(
+        model_name=model,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="IN", datatype="INT32", shape=[1])],
+        raw_input_contents=[np.array([value], dtype=np.int32).tobytes()],
+    )
+    with grpc.insecure_channel(grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        return len(list(stub.ModelStreamInfer(iter([request]), timeout=30)))
+
+
+def test_first_response_histogram_for_decoupled_models(tmp_path: Path) -> None:
+    config = (PY_MODELS / "py_repeat" / "config.pbtxt").read_text()
+    write_python_model(
+        tmp_path, "slow_first", SLOW_FIRST, config.replace("py_repeat", "slow_first")
+    )
+    write_onnx_add_sub(tmp_path, "simple")
+    args = ["--model-repository", str(tmp_path), "--metrics-config", "histogram_latencies=true"]
+    with run_server(args) as srv:
+        # First responses after about 0, 0, 150 and 700 ms.
+        for delay_ms in (0, 0, 150, 700):
+            assert stream_one(srv.grpc_url, "slow_first", delay_ms) == 2
+        httpclient.InferenceServerClient(srv.http_url).infer("simple", add_sub_inputs(1))
+        families = {f.name: f for f in text_string_to_metric_families(scrape(srv.metrics_url))}
+        family = families["nv_inference_first_response_histogram_ms"]
+        assert family.type == "histogram"
+        samples = {
+            (
+                s.name.rsplit("_", 1)[-1],
+                float(s.labels["le"]) if "le" in s.labels else None,
+            ): s.value
+            for s in family.samples
+            if s.labels["model"] == "slow_first"
+        }
+        assert samples[("count", None)] == 4
+        assert samples[("bucket", 100.0)] == 2
+        assert samples[("bucket", 500.0)] == 3
+        assert samples[("bucket", 2000.0)] == 4
+        assert samples[("bucket", math.inf)] == 4
+        assert 850 <= samples[("sum", None)] < 4000
+        # Only decoupled models have the histogram, as in Triton.
+        assert {s.labels["model"] for s in family.samples} == {"slow_first"}
