@@ -130,7 +130,12 @@ class ServerApp:
         if s.allow_metrics:
             metrics_app = _optional("server.metrics.endpoint", "create_metrics_app")
             if metrics_app is not None:
-                await self._serve_uvicorn(metrics_app(self.core, s), s.metrics_bind_address, s.metrics_port, "Metrics Service")
+                await self._serve_uvicorn(
+                    metrics_app(self.core, s),
+                    s.metrics_bind_address,
+                    s.metrics_port,
+                    "Metrics Service",
+                )
         if s.model_control_mode == "poll":
             self._poller = asyncio.create_task(self._poll())
 
@@ -187,7 +192,9 @@ class ServerApp:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
-            inflight = sum(v.scheduler.inflight() for v in self.core.manager.ready_versions() if v.scheduler)
+            inflight = sum(
+                v.scheduler.inflight() for v in self.core.manager.ready_versions() if v.scheduler
+            )
             if inflight == 0:
                 return
             log.info("waiting for %d in-flight requests", inflight)
@@ -210,7 +217,10 @@ async def serve(settings: Settings) -> int:
     core.activate()
     failed = await load_initial_models(core, settings)
     if failed and settings.exit_on_error:
-        log.error("exiting: failed to load model(s) %s (use --exit-on-error=false to serve the others)", ", ".join(failed))
+        log.error(
+            "exiting: failed to load model(s) %s (use --exit-on-error=false to serve the others)",
+            ", ".join(failed),
+        )
         await core.manager.unload_all(drain_timeout=1.0)
         return 1
     core.started = True

@@ -85,7 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     flag = {"nargs": "?", "const": True, "type": _bool}
-    add("--model-repository", "--model-store", dest="model_repositories", action="append", metavar="PATH")
+    add(
+        "--model-repository",
+        "--model-store",
+        dest="model_repositories",
+        action="append",
+        metavar="PATH",
+    )
     add("--id", dest="server_id", default="triton")
     add("--http-port", type=int, default=8000)
     add("--grpc-port", type=int, default=8001)
@@ -131,7 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--grpc-server-cert", default="")
     add("--grpc-server-key", default="")
     add("--grpc-root-cert", default="")
-    add("--grpc-infer-response-compression-level", choices=["none", "low", "medium", "high"], default="none")
+    add(
+        "--grpc-infer-response-compression-level",
+        choices=["none", "low", "medium", "high"],
+        default="none",
+    )
     add("--grpc-keepalive-time", type=int, default=7200000)
     add("--grpc-keepalive-timeout", type=int, default=20000)
     add("--grpc-keepalive-permit-without-calls", default=False, **flag)
@@ -164,13 +174,19 @@ def configure_logging(settings: Settings) -> None:
     if not settings.log_error and level == logging.ERROR:
         level = logging.CRITICAL
     datefmt = "%Y-%m-%dT%H:%M:%SZ" if settings.log_format == "ISO8601" else "%m%d %H:%M:%S"
-    handler: logging.Handler = logging.FileHandler(settings.log_file) if settings.log_file else logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname).1s%(asctime)s %(process)d %(name)s] %(message)s", datefmt))
+    handler: logging.Handler = (
+        logging.FileHandler(settings.log_file) if settings.log_file else logging.StreamHandler()
+    )
+    handler.setFormatter(
+        logging.Formatter("%(levelname).1s%(asctime)s %(process)d %(name)s] %(message)s", datefmt)
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     # uvicorn's access log costs time on every request; keep it for verbose runs only.
-    logging.getLogger("uvicorn.access").setLevel(logging.DEBUG if settings.log_verbose else logging.WARNING)
+    logging.getLogger("uvicorn.access").setLevel(
+        logging.DEBUG if settings.log_verbose else logging.WARNING
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,7 +24,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 _STARTED = re.compile(r"Started (HTTPService|GRPCInferenceService|Metrics Service) at (\S+):(\d+)")
-_SERVICE_KEYS = {"HTTPService": "http", "GRPCInferenceService": "grpc", "Metrics Service": "metrics"}
+_SERVICE_KEYS = {
+    "HTTPService": "http",
+    "GRPCInferenceService": "grpc",
+    "Metrics Service": "metrics",
+}
 
 
 @dataclass
@@ -74,7 +78,9 @@ class ServerProcess:
                         return found
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.proc.poll() is not None:
-                    raise AssertionError(f"no log line matching {pattern!r}:\n{''.join(self.log_lines)}")
+                    raise AssertionError(
+                        f"no log line matching {pattern!r}:\n{''.join(self.log_lines)}"
+                    )
                 self._cond.wait(remaining)
 
     def _pump(self) -> None:

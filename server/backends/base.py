@@ -60,7 +60,9 @@ class Backend(abc.ABC):
         """Fill the missing parts of ``config`` from the model file; default: nothing."""
 
     @abc.abstractmethod
-    def load(self, config: Any, view: ModelView, version_dir: Path, instance: InstanceSpec) -> ModelInstance:
+    def load(
+        self, config: Any, view: ModelView, version_dir: Path, instance: InstanceSpec
+    ) -> ModelInstance:
         """Create one instance; raise ServerError with a clear reason on failure."""
 
     def model_file(self, config: Any, version_dir: Path) -> Path:

@@ -56,16 +56,16 @@ def build_view(config: Any, version: str, labels: dict[str, tuple[str, ...]]) ->
             datatype=CONFIG_TO_WIRE.get(config_type_name(tensor.data_type), "INVALID"),
             dims=tuple(int(d) for d in tensor.dims),
             optional=bool(getattr(tensor, "optional", False)) if is_input else False,
-            allow_ragged_batch=bool(getattr(tensor, "allow_ragged_batch", False)) if is_input else False,
+            allow_ragged_batch=bool(getattr(tensor, "allow_ragged_batch", False))
+            if is_input
+            else False,
             reshape=reshape,
             labels=labels.get(tensor.name, ()),
         )
 
     inputs = {t.name: spec(t, True) for t in config.input}
     outputs = {t.name: spec(t, False) for t in config.output}
-    checked = tuple(
-        name for name, s in inputs.items() if s.variable and not s.allow_ragged_batch
-    )
+    checked = tuple(name for name, s in inputs.items() if s.variable and not s.allow_ragged_batch)
     return ModelView(
         name=config.name,
         version=version,

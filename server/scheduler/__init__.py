@@ -11,7 +11,9 @@ from server.scheduler.base import Scheduler
 from server.stats import ModelStats
 
 
-def create_scheduler(config: Any, view: ModelView, instances: Sequence[ModelInstance], stats: ModelStats) -> Scheduler:
+def create_scheduler(
+    config: Any, view: ModelView, instances: Sequence[ModelInstance], stats: ModelStats
+) -> Scheduler:
     if config.HasField("dynamic_batching") and view.max_batch_size > 0:
         try:
             from server.scheduler.dynamic import DynamicBatcher

@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 from tests.harness import run_server
 from tests.models import write_python_model
 
-SLOW_MODEL = '''
+SLOW_MODEL = """
 import time
 import urllib.request
 import numpy as np
@@ -32,7 +32,7 @@ class TritonPythonModel:
             data = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", data)]))
         return responses
-'''
+"""
 
 SLOW_CONFIG = """
 name: "slow"
@@ -71,7 +71,14 @@ def slow_repo(tmp_path: Path) -> Path:
 
 
 def test_sigterm_drains_accepted_requests_after_readiness_falls(slow_repo: Path) -> None:
-    args = ["--model-repository", str(slow_repo), "--exit-grace-secs", "1.5", "--exit-timeout-secs", "30"]
+    args = [
+        "--model-repository",
+        str(slow_repo),
+        "--exit-grace-secs",
+        "1.5",
+        "--exit-timeout-secs",
+        "30",
+    ]
     with run_server(args) as server:
         url = server.http_url
         results: dict[int, object] = {}
@@ -112,7 +119,9 @@ def test_sigterm_drains_accepted_requests_after_readiness_falls(slow_repo: Path)
 
 def _wait_pending(metrics_url: str, count: int, timeout: float = 20.0) -> None:
     """Poll the pending-request gauge until ``count`` requests wait in the queue."""
-    pattern = re.compile(r'^nv_inference_pending_request_count\{[^}]*model="slow"[^}]*\} (\S+)$', re.M)
+    pattern = re.compile(
+        r'^nv_inference_pending_request_count\{[^}]*model="slow"[^}]*\} (\S+)$', re.M
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with urllib.request.urlopen(metrics_url, timeout=5) as response:
@@ -123,12 +132,21 @@ def _wait_pending(metrics_url: str, count: int, timeout: float = 20.0) -> None:
 
 
 def test_new_requests_are_refused_after_the_grace_period(slow_repo: Path) -> None:
-    args = ["--model-repository", str(slow_repo), "--exit-grace-secs", "0", "--exit-timeout-secs", "30"]
+    args = [
+        "--model-repository",
+        str(slow_repo),
+        "--exit-grace-secs",
+        "0",
+        "--exit-timeout-secs",
+        "30",
+    ]
     with run_server(args) as server:
         url = server.http_url
         holder: list[object] = []
         # Four requests keep the single instance busy for about 0.8 s of draining.
-        threads = [threading.Thread(target=lambda: holder.append(_infer(url, 1.0))) for _ in range(4)]
+        threads = [
+            threading.Thread(target=lambda: holder.append(_infer(url, 1.0))) for _ in range(4)
+        ]
         for thread in threads:
             thread.start()
         _wait_pending(server.metrics_url, 3)
