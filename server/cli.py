@@ -6,6 +6,7 @@ import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def _bool(value: str) -> bool:
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a Triton model repository over KServe v2 HTTP and gRPC.",
     )
     add = p.add_argument
-    flag = {"nargs": "?", "const": True, "type": _bool}
+    flag: dict[str, Any] = {"nargs": "?", "const": True, "type": _bool}
     add(
         "--model-repository",
         "--model-store",
