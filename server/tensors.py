@@ -213,7 +213,7 @@ def to_bytes(array: np.ndarray, datatype: str) -> bytes | memoryview:
     if array.dtype != dtype:
         array = array.astype(dtype)
     array = np.ascontiguousarray(array)
-    return memoryview(array.reshape(-1).view(np.uint8)) if array.size else b""
+    return array.reshape(-1).view(np.uint8).data if array.size else b""
 
 
 def byte_size(array: np.ndarray, datatype: str) -> int:
