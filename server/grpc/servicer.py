@@ -161,15 +161,14 @@ class InferenceServicer(ControlRpcs, pb_grpc.GRPCInferenceServiceServicer):
     async def _stream_decoupled(self, request: InferRequest, outbox: asyncio.Queue[Any]) -> None:
         empty_final = bool(request.parameters.get(grpc_codec.EMPTY_FINAL_RESPONSE, False))
         final_sent = False
-        last: InferResponse | None = None
         try:
             async for item in self.core.infer_stream(request):
                 if isinstance(item, ServerError):
-                    outbox.put_nowait(
-                        grpc_codec.encode_stream_error(request.id, item.message, False)
-                    )
+                    error = grpc_codec.encode_stream_error(request.id, item.message, False)
+                    # A model's in-band error names the model (and no version), as in Triton.
+                    error.infer_response.model_name = request.model_name
+                    outbox.put_nowait(error)
                     continue
-                last = item
                 final_sent = final_sent or item.final
                 flag = _FINAL if item.final else _NOT_FINAL
                 outbox.put_nowait(
@@ -181,8 +180,8 @@ class InferenceServicer(ControlRpcs, pb_grpc.GRPCInferenceServiceServicer):
             outbox.put_nowait(grpc_codec.encode_stream_error(request.id, exc.message))
             return
         if empty_final and not final_sent:
-            version = last.model_version if last is not None else request.model_version
-            empty = InferResponse(request.model_name, version, [], request.id)
+            # Triton's empty final response names the model but no version.
+            empty = InferResponse(request.model_name, "", [], request.id)
             outbox.put_nowait(
                 pb.ModelStreamInferResponse(
                     infer_response=grpc_codec.encode_infer_response(empty, _FINAL)

@@ -377,9 +377,11 @@ def test_shared_memory_status_and_results(stubs: dict[str, Any], region: str) ->
     assert seen["ours"][1][0] == (np.arange(16) + 1).tolist()
 
 
-def _stream(
-    stub: Any, requests: list[pb.ModelInferRequest]
-) -> list[tuple[str, str, bool | None, list[int]]]:
+Row = tuple[str, str, str, str, bool | None, list[int]]
+
+
+def _stream(stub: Any, requests: list[pb.ModelInferRequest]) -> list[Row]:
+    """(error, model name, model version, id, final flag, first output's values) per message."""
     rows = []
     for item in stub.ModelStreamInfer(iter(requests)):
         response = item.infer_response
@@ -391,7 +393,16 @@ def _stream(
         values = [
             int(v) for raw in response.raw_output_contents[:1] for v in np.frombuffer(raw, "<i4")
         ]
-        rows.append((item.error_message, response.id, final, values))
+        rows.append(
+            (
+                item.error_message,
+                response.model_name,
+                response.model_version,
+                response.id,
+                final,
+                values,
+            )
+        )
     return rows
 
 
@@ -410,7 +421,7 @@ def test_stream_order_and_in_band_errors(stubs: dict[str, Any]) -> None:
         add_sub(id="f"),
     ]
     ours, theirs = (_stream(stubs[side], requests) for side in ("ours", "triton"))
-    assert [row[1] for row in ours] == [row[1] for row in theirs] == list("abcdef")
+    assert [row[3] for row in ours] == [row[3] for row in theirs] == list("abcdef")
     assert ours == theirs
 
 
@@ -430,6 +441,9 @@ def test_decoupled_stream(stubs: dict[str, Any]) -> None:
         requests = [repeat([4, -2, 6], "x", empty_final)]
         ours, theirs = (_stream(stubs[side], requests) for side in ("ours", "triton"))
         assert ours == theirs, (empty_final, ours, theirs)
+    # The empty final response names the model, and no version.
+    assert ours[-1][1:5] == ("py_repeat", "", "x", True)
+    assert {row[2] for row in ours[:-1] if not row[0]} == {"1"}
 
 
 HTTP_CASES: list[tuple[str, str, Any]] = [

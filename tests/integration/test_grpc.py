@@ -399,6 +399,10 @@ def test_decoupled_stream_with_an_empty_final_response(
         and final.parameters["triton_final_response"].bool_param
         and not final.outputs
     )
+    # As Triton: the data responses carry the version, the empty final one does not.
+    assert (final.model_name, final.model_version) == ("py_repeat", "")
+    versions = {r.get_response().model_version for r, _ in answers[:-1] if r is not None}
+    assert versions == {"1"}
 
 
 def test_client_cancel_makes_the_scheduler_skip_the_request(
