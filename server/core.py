@@ -19,6 +19,7 @@ from server.repository.manager import LoadedVersion, ModelManager
 from server.repository.view import ModelView, TensorSpec
 from server.scheduler.base import failure_reason
 from server.shm import SharedMemoryRegistry, uses_shared_memory
+from server.stats import ErrorResponse
 from server.tensors import NUMPY_DTYPES, wire_datatype_of
 from server.types import InferRequest, InferResponse, OutputTensor
 
@@ -153,6 +154,10 @@ class Core:
         try:
             outputs = await scheduler.submit(request)
             response = self._build_response(request, view, outputs)
+        except ErrorResponse:
+            # The model answered with an error: executed, so a success to the statistics.
+            stats.record_success(request.request_start_ns, time.monotonic_ns())
+            raise
         except ServerError as exc:
             stats.record_failure(request.request_start_ns, time.monotonic_ns(), failure_reason(exc))
             raise
@@ -194,30 +199,42 @@ class Core:
                 lease.release()
             raise
         execution = asyncio.ensure_future(scheduler.submit(request))
-        failed = False
+        # The first error that failed the request in-band (error responses a model sends
+        # do not: Triton counts such a request as a success).
+        failure: ServerError | None = None
+        first = True
         try:
             while True:
                 item = await queue.get()
                 if item is None:  # the final flag
                     break
+                if first:
+                    first = False
+                    stats.record_first_response(request.request_start_ns, time.monotonic_ns())
+                if isinstance(item, BaseException) and not isinstance(item, ServerError):
+                    item = ServerError(Code.INTERNAL, str(item))
                 if isinstance(item, ServerError):
-                    failed = True
+                    if not isinstance(item, ErrorResponse):
+                        failure = failure or item
                     yield item
-                elif isinstance(item, BaseException):
-                    failed = True
-                    yield ServerError(Code.INTERNAL, str(item))
-                else:
-                    if lease is not None:
-                        try:
-                            lease.write_outputs(item)
-                        except ServerError as exc:
-                            failed = True
-                            yield exc
-                            continue
-                    yield item
-            await execution
-        except ServerError:
-            stats.record_failure(request.request_start_ns, time.monotonic_ns(), "BACKEND")
+                    continue
+                if lease is not None:
+                    try:
+                        lease.write_outputs(item)
+                    except ServerError as exc:
+                        failure = failure or exc
+                        yield exc
+                        continue
+                yield item
+            try:
+                await execution
+            except ServerError:
+                # An execution that failed after its stream carried the error is counted
+                # once, below; one that failed silently fails the stream here.
+                if failure is None:
+                    raise
+        except ServerError as exc:
+            stats.record_failure(request.request_start_ns, time.monotonic_ns(), failure_reason(exc))
             raise
         finally:
             if not execution.done():
@@ -225,8 +242,10 @@ class Core:
                 execution.cancel()
             if lease is not None:
                 lease.release()
-        if failed:
-            stats.record_failure(request.request_start_ns, time.monotonic_ns(), "BACKEND")
+        if failure is not None:
+            stats.record_failure(
+                request.request_start_ns, time.monotonic_ns(), failure_reason(failure)
+            )
         else:
             stats.record_success(request.request_start_ns, time.monotonic_ns())
 
