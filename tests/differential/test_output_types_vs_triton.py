@@ -48,10 +48,7 @@ MODELS = {
 INPUTS = {"FP32": [1.5, -2.0], "INT32": [7, -3], "BYTES": ["a", "b"]}
 # Until the Python backend hands its arrays over unconverted (it casts them to the
 # configured type in server/backends/python/request.py), only the core side is done.
-PYTHON_BACKEND_CASTS = pytest.mark.xfail(
-    strict=True, reason="the Python backend casts outputs to the configured datatype"
-)
-CASES = [pytest.param(name, marks=PYTHON_BACKEND_CASTS) for name in sorted(MODELS)]
+CASES = sorted(MODELS)
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,8 @@ from server.backends.python.messages import (
 )
 from server.backends.python.tensor import Tensor, as_bytes_array
 from server.errors import ServerError, internal
-from server.repository.view import ModelView, TensorSpec
+from server.repository.view import ModelView
 from server.stats import ErrorResponse
-from server.tensors import NUMPY_DTYPES
 from server.types import InferRequest, InferResponse
 
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
@@ -255,30 +254,12 @@ def response_outputs(response: Any, view: ModelView) -> dict[str, np.ndarray] | 
     if error is not None:
         # The model answered: the request counts as executed, as in Triton's statistics.
         return ErrorResponse.of(to_server_error(error))
+    # Outputs keep the datatype the model produced, as Triton sends them, even where the
+    # config declares another; only numpy text arrays become BYTES objects.
     outputs: dict[str, np.ndarray] = {}
     for tensor in response.output_tensors():
-        spec = view.outputs.get(tensor.name())
         array = tensor.as_numpy()
-        if spec is not None:
-            conformed = _conform(array, tensor.datatype(), spec, view.name)
-            if isinstance(conformed, ServerError):
-                return conformed
-            array = conformed
+        if tensor.datatype() == "BYTES" and array.dtype.kind in "SU":
+            array = as_bytes_array(array)
         outputs[tensor.name()] = array
     return outputs
-
-
-def _conform(
-    array: np.ndarray, datatype: str, spec: TensorSpec, model: str
-) -> np.ndarray | ServerError:
-    """Responses are encoded with the configured datatype, so the array must be of it."""
-    if datatype == spec.datatype:
-        return array
-    if spec.datatype == "BYTES" or datatype == "BYTES":
-        if spec.datatype == "BYTES" and array.dtype.kind in "SU":
-            return as_bytes_array(array)
-        return internal(
-            f"output '{spec.name}' of model '{model}' has datatype {datatype}, but the model "
-            f"configuration declares {spec.datatype}"
-        )
-    return array.astype(NUMPY_DTYPES[spec.datatype])
