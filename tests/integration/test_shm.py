@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import queue
+import re
 import shutil
 import struct
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -297,31 +298,35 @@ def test_unregister_while_in_flight_waits_for_the_request(
     client: Any, protocol: str, regions: Any, server: ServerProcess
 ) -> None:
     handle, key = regions(64)
-    seconds = np.array([0.625 if protocol == "http" else 0.6875], dtype=np.float32)
+    # A region name and a sleep of this run's own, so that neither a region another case
+    # left registered nor an earlier run's log line can stand in for this run's.
+    tag = uuid.uuid4()
+    region = f"io_{tag.hex[:12]}"
+    seconds = np.array([0.5 + (tag.int % 4096) / 16384], dtype=np.float32)
     shared_memory.set_shared_memory_region(handle, [seconds])
-    client.register_system_shared_memory("io", key, 64)
+    client.register_system_shared_memory(region, key, 64)
     mod = module_of(protocol)
     tensor = mod.InferInput("SECONDS", [1], "FP32")
-    tensor.set_shared_memory("io", 4)
-    done: queue.Queue[Any] = queue.Queue()
-    outputs = [shm_output(protocol, "SLEPT", "io", 4, 32)]
-    if protocol == "http":
-        pending = client.async_infer("py_sleep", [tensor], outputs=outputs)
-    else:
-        client.async_infer(
-            "py_sleep",
-            [tensor],
-            callback=lambda result, error: done.put((result, error)),
-            outputs=outputs,
-        )
-    server.wait_for_log(rf"py_sleep: sleeping {float(seconds[0])}")
-    client.unregister_system_shared_memory()
-    assert status(client, protocol) == []
-    if protocol == "http":
-        pending.get_result()
-    else:
-        result, error = done.get(timeout=30)
-        assert error is None, error
+    tensor.set_shared_memory(region, 4)
+    outputs = [shm_output(protocol, "SLEPT", region, 4, 32)]
+
+    def run() -> None:
+        # A client of its own, made in its thread: an HTTP client's one connection stays
+        # busy while its request is in flight, and the unregister must not queue behind it.
+        runner = make_client(protocol, server)
+        try:
+            runner.infer("py_sleep", [tensor], outputs=outputs)
+        finally:
+            runner.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(run)
+        server.wait_for_log(rf"py_sleep: sleeping {re.escape(str(float(seconds[0])))} s")
+        client.unregister_system_shared_memory(region)
+        assert region not in [r["name"] for r in status(client, protocol)]
+        # Unregistering answered at once; the request still holds the region.
+        assert not pending.done()
+        pending.result(timeout=30)
     np.testing.assert_array_equal(
         shared_memory.get_contents_as_numpy(handle, np.float32, [1], offset=32), seconds
     )
