@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.errors import Code, ServerError, invalid_arg, unsupported
-from server.tensors import BYTES, NUMPY_DTYPES, element_count, from_buffer, to_bytes
+from server.tensors import from_buffer, to_bytes
 from server.types import InferRequest, InferResponse
 
 REGION = "shared_memory_region"
@@ -188,16 +188,10 @@ class SharedMemoryRegistry:
                 if not params or REGION not in params:
                     continue
                 binding = self._bind(lease, tensor.name, params)
-                if tensor.datatype != BYTES and tensor.datatype in NUMPY_DTYPES:
-                    expected = element_count(tensor.shape) * NUMPY_DTYPES[tensor.datatype].itemsize
-                    if binding.byte_size != expected:
-                        raise invalid_arg(
-                            f"[request id: {request.id or '<id_unknown>'}] input byte size mismatch "
-                            f"for input '{tensor.name}' for model '{request.model_name}'. Expected "
-                            f"{expected}, got {binding.byte_size}"
-                        )
                 view = binding.region.view(binding.offset, binding.byte_size)
-                tensor.data = from_buffer(view, tensor.datatype, tensor.shape, tensor.name)
+                tensor.data = from_buffer(
+                    view, tensor.datatype, tensor.shape, tensor.name, request.model_name, request.id
+                )
             for output in request.outputs or ():
                 params = output.parameters
                 if not params or REGION not in params:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from server.errors import invalid_arg, unsupported
 from server.repository.view import ModelView
+from server.tensors import request_prefix
 from server.types import InferRequest
-
-
-def request_prefix(request: InferRequest) -> str:
-    return f"[request id: {request.id or '<id_unknown>'}] "
 
 
 def validate_request(request: InferRequest, view: ModelView) -> None:
@@ -19,7 +16,7 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
     (Triton walks the inputs in its hash map's order, which for two inputs is the reverse of
     the request's).
     """
-    prefix = request_prefix(request)
+    prefix = request_prefix(request.id)
     name = view.name
     inputs = view.inputs
     given: set[str] = set()

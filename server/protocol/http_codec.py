@@ -14,16 +14,15 @@ import orjson
 
 from server.errors import internal, invalid_arg
 from server.protocol import json_errors
-from server.protocol.tensor_data import (
-    JSON_FORBIDDEN,
-    binary_bytes_tensor,
+from server.protocol.tensor_data import JSON_FORBIDDEN, json_tensor, json_values
+from server.tensors import (
+    BYTES,
+    NUMPY_DTYPES,
     check_bytes_count,
-    json_tensor,
-    json_values,
-    numeric_tensor,
+    from_buffer,
     request_prefix,
+    to_bytes,
 )
-from server.tensors import BYTES, NUMPY_DTYPES, to_bytes
 from server.types import InferInput, InferRequest, InferResponse, RequestedOutput
 
 if TYPE_CHECKING:
@@ -176,11 +175,7 @@ def _decode_input(
             raise invalid_arg(
                 f"unexpected size for input '{name}', expecting {size - remaining} additional bytes for model '{model}'"
             )
-        chunk = binary[offset : offset + size]
-        if datatype == BYTES:
-            array = binary_bytes_tensor(chunk, dims, name, model, request.id)
-        else:
-            array = numeric_tensor(chunk, datatype, dims, name, model, request.id)
+        array = from_buffer(binary[offset : offset + size], datatype, dims, name, model, request.id)
         return InferInput(name, datatype, dims, array, params), size
     if datatype in JSON_FORBIDDEN:
         raise invalid_arg(
@@ -255,7 +250,7 @@ def decode_raw_request(body: bytes, view: ModelView, model_version: str) -> Infe
         if variable:
             deduced[variable[0]] = len(body) // itemsize // fixed if fixed else 0
         dims = (*batch, *deduced)
-        array = numeric_tensor(memoryview(body), spec.datatype, dims, RAW_INPUT, view.name, "")
+        array = from_buffer(memoryview(body), spec.datatype, dims, RAW_INPUT, view.name)
     request = InferRequest(model_name=view.name, model_version=model_version)
     request.inputs.append(InferInput(spec.name, spec.datatype, dims, array, {}))
     request.parameters = {"binary_data_output": True}

@@ -25,10 +25,6 @@ _FLOATS = ("FP32", "FP64")
 _LENGTH = struct.Struct("<I")
 
 
-def request_prefix(request_id: str) -> str:
-    return f"[request id: {request_id or '<id_unknown>'}] "
-
-
 def json_tensor(data: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
     """``data`` of one JSON input as a flat-then-reshaped array; BYTES stays flat (its count is
     checked later, with the model's name in the message)."""
@@ -96,78 +92,6 @@ def _flatten(data: list[Any]) -> list[Any]:
         else:
             stack.pop()
     return out
-
-
-def check_bytes_count(
-    array: np.ndarray, shape: tuple[int, ...], name: str, model: str, request_id: str
-) -> np.ndarray:
-    expected = element_count(shape)
-    got = len(array)
-    if got < expected:
-        raise invalid_arg(
-            f"{request_prefix(request_id)}expected {expected} string elements for inference input "
-            f"'{name}' for model '{model}', got {got}"
-        )
-    if got > expected:
-        raise invalid_arg(
-            f"{request_prefix(request_id)}unexpected number of string elements {got} for inference "
-            f"input '{name}' for model '{model}', expecting {expected}"
-        )
-    return array.reshape(shape)
-
-
-def binary_bytes_tensor(
-    buffer: memoryview, shape: tuple[int, ...], name: str, model: str, request_id: str
-) -> np.ndarray:
-    """Length-prefixed BYTES elements. The count is checked first; a prefix that claims more
-    bytes than remain ends the walk and only fails when the count itself was right."""
-    total = len(buffer)
-    items: list[bytes] = []
-    offset = 0
-    overrun: tuple[int, int] | None = None
-    while offset < total:
-        remaining = total - offset
-        if remaining < 4:
-            raise invalid_arg(
-                f"{request_prefix(request_id)}incomplete string length indicator for inference input "
-                f"'{name}' for model '{model}', expecting 4 bytes but only {remaining} bytes "
-                "available. Please make sure the string length indicator is in one buffer."
-            )
-        (length,) = _LENGTH.unpack_from(buffer, offset)
-        offset += 4
-        if length > total - offset:
-            overrun = (length, total - offset)
-            items.append(b"")
-            break
-        items.append(bytes(buffer[offset : offset + length]))
-        offset += length
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    array = check_bytes_count(array, shape, name, model, request_id)
-    if overrun is not None:
-        raise invalid_arg(
-            f"incomplete string data for inference input '{name}', expecting string of length "
-            f"{overrun[0]} but only {overrun[1]} bytes available"
-        )
-    return array
-
-
-def numeric_tensor(
-    buffer: memoryview,
-    datatype: str,
-    shape: tuple[int, ...],
-    name: str,
-    model: str,
-    request_id: str,
-) -> np.ndarray:
-    dtype = NUMPY_DTYPES[datatype]
-    expected = element_count(shape) * dtype.itemsize
-    if len(buffer) != expected:
-        raise invalid_arg(
-            f"{request_prefix(request_id)}input byte size mismatch for input '{name}' for model "
-            f"'{model}'. Expected {expected}, got {len(buffer)}"
-        )
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
 def json_values(array: np.ndarray, datatype: str) -> Any:
