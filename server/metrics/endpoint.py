@@ -1,5 +1,6 @@
-"""The ``/metrics`` listener: Triton's families from our own writer, then the extras from
-prometheus-client, in one Prometheus text response."""
+"""The ``/metrics`` listener: Triton's families from our own writer, then the families of
+custom-metric providers (models' own metrics), then the extras from prometheus-client, in
+one Prometheus text response."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from server.devices import DeviceLayer
+from server.metrics import custom
 from server.metrics.config import MetricsOptions, parse_metrics_config
 from server.metrics.exposition import CONTENT_TYPE, render
 from server.metrics.extras import Extras
@@ -67,9 +69,10 @@ class MetricsApp:
         if self.options.summary_latencies or self.options.histogram_latencies:
             for loaded in versions:
                 self._attach(loaded)
-        text = render(
-            all_families(versions, self.poller.snapshot, self.options, cpu=self._cpu, gpu=self._gpu)
+        own = all_families(
+            versions, self.poller.snapshot, self.options, cpu=self._cpu, gpu=self._gpu
         )
+        text = render(own + custom.families(f.name for f in own))
         try:
             extras = self.extras.render()
         except Exception:  # Triton's families must reach the autoscaler regardless

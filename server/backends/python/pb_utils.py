@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import enum
 import logging
-import threading
 from typing import Any
 
 from server.backends.python.autocomplete import ModelConfig
+from server.backends.python.custom_metrics import Metric, MetricFamily, MetricKind
 from server.backends.python.messages import (
     InferenceResponse,
     TritonError,
@@ -45,6 +45,7 @@ __all__ = [
     "LogLevel",
     "Metric",
     "MetricFamily",
+    "MetricKind",
     "ModelConfig",
     "PreferredMemory",
     "Tensor",
@@ -138,53 +139,3 @@ class Logger:
     @staticmethod
     def log_verbose(message: str) -> None:
         Logger.log(message, LogLevel.VERBOSE)
-
-
-# --- custom metrics ------------------------------------------------------------------
-class MetricFamily:
-    """Custom metric families models may declare. Values are kept in process; they are
-    not yet exported on the metrics endpoint."""
-
-    COUNTER = 0
-    GAUGE = 1
-    HISTOGRAM = 2
-
-    def __init__(self, name: str, description: str, kind: int) -> None:
-        self.name = name
-        self.description = description
-        self.kind = kind
-
-    def Metric(
-        self, labels: dict[str, str] | None = None, buckets: list[float] | None = None
-    ) -> Metric:
-        return Metric(self, labels or {}, buckets)
-
-
-class Metric:
-    def __init__(
-        self, family: MetricFamily, labels: dict[str, str], buckets: list[float] | None = None
-    ) -> None:
-        self.family = family
-        self.labels = dict(labels)
-        self.buckets = list(buckets or [])
-        self._value = 0.0
-        self._lock = threading.Lock()
-
-    def increment(self, value: float) -> None:
-        if self.family.kind == MetricFamily.COUNTER and value < 0:
-            raise TritonModelException("a counter cannot be decremented")
-        with self._lock:
-            self._value += value
-
-    def set(self, value: float) -> None:
-        if self.family.kind != MetricFamily.GAUGE:
-            raise TritonModelException("only gauges can be set")
-        with self._lock:
-            self._value = value
-
-    def observe(self, value: float) -> None:
-        with self._lock:
-            self._value += value
-
-    def value(self) -> float:
-        return self._value
