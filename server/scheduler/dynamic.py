@@ -24,7 +24,7 @@ from server.scheduler.adaptive import LatencyTargetedDelay
 from server.scheduler.base import Execution, Scheduler
 from server.scheduler.decision import BatchRules, decide
 from server.scheduler.policy import Entry, PriorityQueues, queues_from_config
-from server.stats import ModelStats
+from server.stats import ModelStats, counts_as_success
 from server.types import InferRequest
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,9 @@ class DynamicBatcher(Scheduler):
         executions = super()._execute(instance, batch, timing)
         if not self.options.error_isolation or len(batch) < 2:
             return executions
-        if any(not isinstance(r, ServerError) for r in executions[0].results):
+        # Only an execution that failed as a whole is worth splitting; errors a model answered
+        # individual requests with are already isolated.
+        if any(counts_as_success(r) for r in executions[0].results):
             return executions
         # The whole batch failed: re-run it in halves so that only the requests that fail
         # on their own get an error.
