@@ -45,6 +45,7 @@ def frame(message: bytes) -> bytes:
 def run_h2load(
     port: int, body_path: Path, log_path: Path, connections: int, seconds: float, good_bytes: int
 ) -> dict[str, Any]:
+    log_path.unlink(missing_ok=True)  # h2load appends to an existing log
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     command = [
         h2load_path(),

@@ -77,7 +77,7 @@ def run(
     good_bytes: int = 0,
 ) -> dict[str, Any]:
     payload = payloads.build(scenario.protocol, model, scenario.spec.input_size)
-    name = f"{target.name}-{model}-{scenario.protocol}".replace("/", "_")
+    name = f"{target.name}-{model}-{scenario.protocol}-c{scenario.concurrency}".replace("/", "_")
     if scenario.protocol == "grpc":
         body = workdir / "load" / f"{name}.grpc"
         body.parent.mkdir(parents=True, exist_ok=True)

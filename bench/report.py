@@ -176,7 +176,8 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}; commit {m['commit']}.",
         f"Command: `{info['command']}`; medians of {s['repeats']} runs of {s['duration_s']:g} s after {s['warmup_s']:g} s of warm-up.",
-        f"Load average at start {info['load_start'][0]:.2f}, at end {info['load_end'][0]:.2f} (other work on the machine shows up here).",
+        f"Load average (1 min) at start {info['load_start'][0]:.2f}, at end {info['load_end'][0]:.2f}"
+        " (for a merged report: the lowest and highest seen at any run's start).",
         "",
         "CPU-us/req is the server's whole process tree (user + system) divided by completed requests;",
         "client is the load generator's own CPU per request.",

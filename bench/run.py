@@ -152,14 +152,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=Path(os.environ.get("TMPDIR", "/tmp")) / "bench-models" / models.fingerprint(),
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--from-raw", type=Path, nargs="+", help="report from raw runs, no load")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.duration, args.warmup = 1, 3.0, 1.0
     return args
 
 
+def from_raw(paths: list[Path], out: Path, duration: float, warmup: float) -> int:
+    """Report from raw run files without measuring. A later file's rows replace an earlier
+    file's rows for the same server and scenario (e.g. a rerun of one protocol), so every
+    ratio still compares rows of one run; ONNX Runtime limits are pooled."""
+    rows: dict[tuple[str, str, int], dict[str, Any]] = {}
+    limits: list[dict[str, Any]] = []
+    for index, path in enumerate(paths):
+        fresh: dict[tuple[str, str, int], dict[str, Any]] = {}
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if "ort_limit" in record:
+                limits.append(record["ort_limit"])
+            else:
+                fresh[(record["target"], record["scenario"], record["repeat"])] = record
+        replaced = {(t, s) for t, s, _ in fresh}
+        rows = {k: v for k, v in rows.items() if (k[0], k[1]) not in replaced} | fresh
+        print(f"{path}: {len(fresh)} rows" + (" (replacing earlier ones)" if index else ""))
+    info = {
+        "machine": machine(),
+        "started": paths[0].stem,
+        "load_start": [min(r["load1"] for r in rows.values())] * 3,
+        "load_end": [max(r["load1"] for r in rows.values())] * 3,
+        "settings": {
+            "repeats": max(r["repeat"] for r in rows.values()) + 1,
+            "duration_s": 5.0,
+            "warmup_s": 2.0,
+        },
+        "command": "bench/run.py --from-raw " + " ".join(p.name for p in paths),
+    }
+    report.write(report.summarize(list(rows.values()), limits, info), out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_raw:
+        return from_raw(args.from_raw, args.out, args.duration, args.warmup)
     chosen = scenarios.select(
         set(args.group or ()), set(args.protocol or ()), set(args.target or ())
     )
