@@ -24,114 +24,7 @@ ONNX_OPSET = 14
 ONNX_IR_VERSION = 8
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
-SIMPLE_CONFIG = """\
-name: "simple"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [
-  {
-    name: "INPUT0"
-    data_type: TYPE_INT32
-    dims: [ 16 ]
-  },
-  {
-    name: "INPUT1"
-    data_type: TYPE_INT32
-    dims: [ 16 ]
-  }
-]
-output [
-  {
-    name: "OUTPUT0"
-    data_type: TYPE_INT32
-    dims: [ 16 ]
-  },
-  {
-    name: "OUTPUT1"
-    data_type: TYPE_INT32
-    dims: [ 16 ]
-  }
-]
-dynamic_batching { }
-"""
-
-IDENTITY_CONFIG = """\
-name: "identity_fp32"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [
-  {
-    name: "INPUT0"
-    data_type: TYPE_FP32
-    dims: [ -1 ]
-  }
-]
-output [
-  {
-    name: "OUTPUT0"
-    data_type: TYPE_FP32
-    dims: [ -1 ]
-  }
-]
-dynamic_batching { }
-"""
-
-CLASSIFIER_CONFIG = """\
-name: "digits_classifier"
-platform: "onnxruntime_onnx"
-max_batch_size: 64
-input [
-  {
-    name: "pixels"
-    data_type: TYPE_FP32
-    dims: [ 64 ]
-  }
-]
-output [
-  {
-    name: "probabilities"
-    data_type: TYPE_FP32
-    dims: [ 10 ]
-    label_filename: "labels.txt"
-  },
-  {
-    name: "label"
-    data_type: TYPE_INT64
-    dims: [ 1 ]
-  }
-]
-dynamic_batching { }
-"""
-
-ADD_SUB_PYTHON_CONFIG = """\
-name: "add_sub_python"
-backend: "python"
-max_batch_size: 8
-input [
-  {
-    name: "INPUT0"
-    data_type: TYPE_FP32
-    dims: [ 4 ]
-  },
-  {
-    name: "INPUT1"
-    data_type: TYPE_FP32
-    dims: [ 4 ]
-  }
-]
-output [
-  {
-    name: "OUTPUT0"
-    data_type: TYPE_FP32
-    dims: [ 4 ]
-  },
-  {
-    name: "OUTPUT1"
-    data_type: TYPE_FP32
-    dims: [ 4 ]
-  }
-]
-dynamic_batching { }
+ONE_CPU_INSTANCE = """\
 instance_group [
   {
     count: 1
@@ -139,6 +32,97 @@ instance_group [
   }
 ]
 """
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One ``input``/``output`` entry of a config; ``extra`` lines go after ``dims``."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+    extra: tuple[str, ...] = ()
+
+
+def _tensor_block(tensor: Tensor) -> str:
+    dims = ", ".join(str(d) for d in tensor.dims)
+    lines = [f'name: "{tensor.name}"', f"data_type: TYPE_{tensor.data_type}", f"dims: [ {dims} ]"]
+    body = "".join(f"    {line}\n" for line in (*lines, *tensor.extra))
+    return "  {\n" + body + "  }"
+
+
+def render_config(
+    name: str,
+    runtime: str,
+    max_batch_size: int,
+    inputs: list[Tensor],
+    outputs: list[Tensor],
+    tail: str = "dynamic_batching { }\n",
+) -> str:
+    """A ``config.pbtxt`` in the layout Triton's documentation uses; ``runtime`` is the
+    ``platform: ...`` or ``backend: ...`` line and ``tail`` holds the blocks after the outputs."""
+    sections = [f'name: "{name}"', runtime, f"max_batch_size: {max_batch_size}"]
+    for key, tensors in (("input", inputs), ("output", outputs)):
+        sections.append(f"{key} [\n" + ",\n".join(_tensor_block(t) for t in tensors) + "\n]")
+    return "\n".join(sections) + "\n" + tail
+
+
+def _pair(prefix: str, data_type: str, dims: tuple[int, ...]) -> list[Tensor]:
+    return [Tensor(f"{prefix}{i}", data_type, dims) for i in (0, 1)]
+
+
+ONNX = 'platform: "onnxruntime_onnx"'
+PYTHON = 'backend: "python"'
+
+SIMPLE_CONFIG = render_config(
+    "simple", ONNX, 8, _pair("INPUT", "INT32", (16,)), _pair("OUTPUT", "INT32", (16,))
+)
+IDENTITY_CONFIG = render_config(
+    "identity_fp32", ONNX, 8, [Tensor("INPUT0", "FP32", (-1,))], [Tensor("OUTPUT0", "FP32", (-1,))]
+)
+CLASSIFIER_CONFIG = render_config(
+    "digits_classifier",
+    ONNX,
+    64,
+    [Tensor("pixels", "FP32", (64,))],
+    [
+        Tensor("probabilities", "FP32", (10,), ('label_filename: "labels.txt"',)),
+        Tensor("label", "INT64", (1,)),
+    ],
+)
+ADD_SUB_PYTHON_CONFIG = render_config(
+    "add_sub_python",
+    PYTHON,
+    8,
+    _pair("INPUT", "FP32", (4,)),
+    _pair("OUTPUT", "FP32", (4,)),
+    tail="dynamic_batching { }\n" + ONE_CPU_INSTANCE,
+)
+SIMPLE_STRING_CONFIG = render_config(
+    "simple_string", ONNX, 8, _pair("INPUT", "STRING", (16,)), _pair("OUTPUT", "STRING", (16,))
+)
+SIMPLE_IDENTITY_CONFIG = render_config(
+    "simple_identity",
+    ONNX,
+    8,
+    [Tensor("INPUT0", "STRING", (-1,))],
+    [Tensor("OUTPUT0", "STRING", (-1,))],
+)
+SIMPLE_INT8_CONFIG = render_config(
+    "simple_int8", ONNX, 8, _pair("INPUT", "INT8", (16,)), _pair("OUTPUT", "INT8", (16,))
+)
+REPEAT_INT32_CONFIG = render_config(
+    "repeat_int32",
+    PYTHON,
+    0,
+    [
+        Tensor("IN", "INT32", (-1,)),
+        Tensor("DELAY", "UINT32", (-1,)),
+        Tensor("WAIT", "UINT32", (1,)),
+    ],
+    [Tensor("OUT", "INT32", (1,)), Tensor("IDX", "UINT32", (1,))],
+    tail="model_transaction_policy {\n  decoupled: true\n}\n" + ONE_CPU_INSTANCE,
+)
 
 ADD_SUB_PYTHON_MODEL = '''\
 """Add and subtract two FP32 vectors: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1."""
@@ -178,6 +162,64 @@ class TritonPythonModel:
 '''
 
 
+REPEAT_INT32_MODEL = '''\
+"""Decoupled repeat: one response per element of IN.
+
+Response i carries OUT = [IN[i]] and IDX = [i] and goes out DELAY[i] milliseconds after the
+previous one; WAIT[0] milliseconds after the last response the request is released with the
+final flag. Each request is answered from its own thread, so requests overlap.
+"""
+
+import threading
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.workers = []
+
+    def execute(self, requests):
+        self.workers = [t for t in self.workers if t.is_alive()]
+        for request in requests:
+            worker = threading.Thread(target=self.repeat, args=(request,), daemon=True)
+            worker.start()
+            self.workers.append(worker)
+        return None
+
+    def repeat(self, request):
+        sender = request.get_response_sender()
+        values = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+        delays = pb_utils.get_input_tensor_by_name(request, "DELAY").as_numpy()
+        wait = pb_utils.get_input_tensor_by_name(request, "WAIT").as_numpy()
+        if delays.shape != values.shape:
+            error = pb_utils.TritonError(
+                f"expected DELAY to have the shape of IN {list(values.shape)}, "
+                f"got {list(delays.shape)}"
+            )
+            sender.send(
+                pb_utils.InferenceResponse(error=error),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            )
+            return
+        for index, (value, delay) in enumerate(zip(values, delays)):
+            time.sleep(int(delay) / 1000)
+            if sender.is_cancelled():
+                break
+            out = pb_utils.Tensor("OUT", np.array([value], dtype=np.int32))
+            idx = pb_utils.Tensor("IDX", np.array([index], dtype=np.uint32))
+            sender.send(pb_utils.InferenceResponse(output_tensors=[out, idx]))
+        time.sleep(int(wait[0]) / 1000)
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def finalize(self):
+        for worker in self.workers:
+            worker.join()
+'''
+
+
 @dataclass(frozen=True)
 class ClassifierReport:
     train_samples: int
@@ -196,30 +238,53 @@ def _finish(graph: onnx.GraphProto) -> onnx.ModelProto:
     return model
 
 
-def simple_model() -> onnx.ModelProto:
+def add_sub_model(name: str = "simple", elem_type: int = TensorProto.INT32) -> onnx.ModelProto:
     shape: list[int | str] = ["batch", 16]
     graph = helper.make_graph(
         [
             helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
             helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
         ],
-        "simple",
-        [helper.make_tensor_value_info(n, TensorProto.INT32, shape) for n in ("INPUT0", "INPUT1")],
+        name,
+        [helper.make_tensor_value_info(n, elem_type, shape) for n in ("INPUT0", "INPUT1")],
+        [helper.make_tensor_value_info(n, elem_type, shape) for n in ("OUTPUT0", "OUTPUT1")],
+    )
+    return _finish(graph)
+
+
+def string_add_sub_model() -> onnx.ModelProto:
+    """``simple`` over decimal strings: ONNX Runtime's ``Cast`` parses each element into an
+    INT32 and prints the results back, so ``"-1"`` comes out for 0 - 1."""
+    shape: list[int | str] = ["batch", 16]
+    nodes = [
+        helper.make_node("Cast", ["INPUT0"], ["a"], to=TensorProto.INT32),
+        helper.make_node("Cast", ["INPUT1"], ["b"], to=TensorProto.INT32),
+        helper.make_node("Add", ["a", "b"], ["sum"]),
+        helper.make_node("Sub", ["a", "b"], ["difference"]),
+        helper.make_node("Cast", ["sum"], ["OUTPUT0"], to=TensorProto.STRING),
+        helper.make_node("Cast", ["difference"], ["OUTPUT1"], to=TensorProto.STRING),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "simple_string",
+        [helper.make_tensor_value_info(n, TensorProto.STRING, shape) for n in ("INPUT0", "INPUT1")],
         [
-            helper.make_tensor_value_info(n, TensorProto.INT32, shape)
+            helper.make_tensor_value_info(n, TensorProto.STRING, shape)
             for n in ("OUTPUT0", "OUTPUT1")
         ],
     )
     return _finish(graph)
 
 
-def identity_model() -> onnx.ModelProto:
+def identity_model(
+    name: str = "identity_fp32", elem_type: int = TensorProto.FLOAT
+) -> onnx.ModelProto:
     shape: list[int | str] = ["batch", "length"]
     graph = helper.make_graph(
         [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
-        "identity_fp32",
-        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, shape)],
+        name,
+        [helper.make_tensor_value_info("INPUT0", elem_type, shape)],
+        [helper.make_tensor_value_info("OUTPUT0", elem_type, shape)],
     )
     return _finish(graph)
 
@@ -298,19 +363,32 @@ def _write(path: Path, data: str | bytes) -> None:
 
 
 def build(repository: Path) -> ClassifierReport:
-    _write(repository / "simple" / "config.pbtxt", SIMPLE_CONFIG)
-    _write(repository / "simple" / "1" / "model.onnx", simple_model().SerializeToString())
-
-    _write(repository / "identity_fp32" / "config.pbtxt", IDENTITY_CONFIG)
-    _write(repository / "identity_fp32" / "1" / "model.onnx", identity_model().SerializeToString())
+    onnx_models = {
+        "simple": (SIMPLE_CONFIG, add_sub_model()),
+        "identity_fp32": (IDENTITY_CONFIG, identity_model()),
+        "simple_string": (SIMPLE_STRING_CONFIG, string_add_sub_model()),
+        "simple_identity": (
+            SIMPLE_IDENTITY_CONFIG,
+            identity_model("simple_identity", TensorProto.STRING),
+        ),
+        "simple_int8": (SIMPLE_INT8_CONFIG, add_sub_model("simple_int8", TensorProto.INT8)),
+    }
+    for name, (config, model) in onnx_models.items():
+        _write(repository / name / "config.pbtxt", config)
+        _write(repository / name / "1" / "model.onnx", model.SerializeToString())
 
     classifier, report = digits_classifier()
     _write(repository / "digits_classifier" / "config.pbtxt", CLASSIFIER_CONFIG)
     _write(repository / "digits_classifier" / "labels.txt", "\n".join(DIGIT_NAMES) + "\n")
     _write(repository / "digits_classifier" / "1" / "model.onnx", classifier.SerializeToString())
 
-    _write(repository / "add_sub_python" / "config.pbtxt", ADD_SUB_PYTHON_CONFIG)
-    _write(repository / "add_sub_python" / "1" / "model.py", ADD_SUB_PYTHON_MODEL)
+    python_models = {
+        "add_sub_python": (ADD_SUB_PYTHON_CONFIG, ADD_SUB_PYTHON_MODEL),
+        "repeat_int32": (REPEAT_INT32_CONFIG, REPEAT_INT32_MODEL),
+    }
+    for name, (config, source) in python_models.items():
+        _write(repository / name / "config.pbtxt", config)
+        _write(repository / name / "1" / "model.py", source)
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import queue
 import socket
 import subprocess
 import sys
@@ -12,16 +13,29 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
 
 from tests import models
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "model_repository"
 REAL_TRITON = ROOT.parent / "shared" / "tools" / "real-triton"
-BUNDLED_MODELS = ("simple", "identity_fp32", "digits_classifier", "add_sub_python")
+BUNDLED_MODELS = (
+    "simple",
+    "identity_fp32",
+    "digits_classifier",
+    "add_sub_python",
+    "simple_string",
+    "simple_identity",
+    "simple_int8",
+    "repeat_int32",
+)
+# Every bundled model batches dynamically except the decoupled one, which takes no batch dimension.
+BATCHED_MODELS = tuple(name for name in BUNDLED_MODELS if name != "repeat_int32")
 
 
 def parse_config(path: Path) -> model_config_pb2.ModelConfig:
@@ -88,6 +102,14 @@ def test_script_writes_every_bundled_model(rebuilt: Path) -> None:
         "digits_classifier/labels.txt",
         "add_sub_python/config.pbtxt",
         "add_sub_python/1/model.py",
+        "simple_string/config.pbtxt",
+        "simple_string/1/model.onnx",
+        "simple_identity/config.pbtxt",
+        "simple_identity/1/model.onnx",
+        "simple_int8/config.pbtxt",
+        "simple_int8/1/model.onnx",
+        "repeat_int32/config.pbtxt",
+        "repeat_int32/1/model.py",
     ],
 )
 def test_committed_files_match_the_script(rebuilt: Path, relative: str) -> None:
@@ -105,7 +127,7 @@ def test_committed_classifier_predicts_like_a_fresh_build(rebuilt: Path) -> None
     assert (fresh[1] == committed[1]).all()
 
 
-@pytest.mark.parametrize("name", BUNDLED_MODELS)
+@pytest.mark.parametrize("name", BATCHED_MODELS)
 def test_bundled_config_is_valid_text_format(name: str) -> None:
     config = parse_config(BUNDLED / name / "config.pbtxt")
     assert config.name == name
@@ -158,6 +180,66 @@ def test_digits_classifier_is_accurate_and_labelled() -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(probs.argmax(axis=1), label[:, 0])
     assert (label[:, 0] == digits.target).mean() > 0.95
+
+
+def _strings(values: np.ndarray) -> np.ndarray:
+    return np.vectorize(str, otypes=[object])(values)
+
+
+def test_simple_string_adds_and_subtracts_decimal_strings() -> None:
+    config = parse_config(BUNDLED / "simple_string/config.pbtxt")
+    assert [model_config_pb2.DataType.Name(i.data_type) for i in config.input] == [
+        "TYPE_STRING"
+    ] * 2
+    assert [list(o.dims) for o in config.output] == [[16], [16]]
+    sess = session(BUNDLED / "simple_string/1/model.onnx")
+    rng = np.random.default_rng(3)
+    a = rng.integers(-(2**20), 2**20, (3, 16), dtype=np.int32)
+    b = rng.integers(-(2**20), 2**20, (3, 16), dtype=np.int32)
+    total, diff = sess.run(["OUTPUT0", "OUTPUT1"], {"INPUT0": _strings(a), "INPUT1": _strings(b)})
+    np.testing.assert_array_equal(total, _strings(a + b))
+    np.testing.assert_array_equal(diff, _strings(a - b))
+    # The client samples send "0".."15" and "1"; 0 - 1 must print as "-1".
+    (diff,) = sess.run(["OUTPUT1"], {"INPUT0": _strings(a * 0), "INPUT1": _strings(a * 0 + 1)})
+    assert set(diff.ravel()) == {"-1"}
+
+
+def test_simple_identity_keeps_nul_and_control_bytes() -> None:
+    config = parse_config(BUNDLED / "simple_identity/config.pbtxt")
+    assert list(config.input[0].dims) == [-1]
+    sess = session(BUNDLED / "simple_identity/1/model.onnx")
+    words = np.array([["he\x00llo"] * 16, ["\x00\x01\x02\x03"] * 16], dtype=object)
+    np.testing.assert_array_equal(sess.run(None, {"INPUT0": words})[0], words)
+
+
+def test_simple_int8_adds_and_subtracts_int8() -> None:
+    sess = session(BUNDLED / "simple_int8/1/model.onnx")
+    rng = np.random.default_rng(5)
+    a = rng.integers(-64, 64, (2, 16), dtype=np.int8)
+    b = rng.integers(-64, 64, (2, 16), dtype=np.int8)
+    total, diff = sess.run(["OUTPUT0", "OUTPUT1"], {"INPUT0": a, "INPUT1": b})
+    assert total.dtype == np.int8
+    np.testing.assert_array_equal(total, a + b)
+    np.testing.assert_array_equal(diff, a - b)
+
+
+def test_repeat_int32_is_a_decoupled_python_model() -> None:
+    config = parse_config(BUNDLED / "repeat_int32/config.pbtxt")
+    assert config.backend == "python" and config.max_batch_size == 0
+    assert config.model_transaction_policy.decoupled
+    assert not config.HasField("dynamic_batching")
+    assert [(i.name, list(i.dims)) for i in config.input] == [
+        ("IN", [-1]),
+        ("DELAY", [-1]),
+        ("WAIT", [1]),
+    ]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("OUT", [1]), ("IDX", [1])]
+    source = (BUNDLED / "repeat_int32/1/model.py").read_text()
+    tree = ast.parse(source)
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    methods = {f.name for f in classes["TritonPythonModel"].body if isinstance(f, ast.FunctionDef)}
+    assert {"initialize", "execute", "finalize"} <= methods
+    assert "get_response_sender" in source and "TRITONSERVER_RESPONSE_COMPLETE_FINAL" in source
 
 
 def test_add_sub_python_is_a_triton_python_model() -> None:
@@ -255,6 +337,7 @@ def _free_ports(count: int) -> list[int]:
 def test_python_models_run_unmodified_on_tritonserver(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     models.copy_bundled_model(repo, "add_sub_python")
+    models.copy_bundled_model(repo, "repeat_int32")
     models.write_python_identity(repo, "id_bytes", "BYTES", dims=[-1])
     models.write_python_identity(repo, "id_bool", "BOOL", dims=[2, -1], max_batch_size=0)
     models.write_python_add_sub(repo, "as_uint8", "UINT8", dims=[3])
@@ -301,12 +384,40 @@ def test_python_models_run_unmodified_on_tritonserver(tmp_path: Path) -> None:
         result = infer("as_uint8", "UINT8", a, b)
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), a + b)
         np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+
+        values = np.arange(40, 45, dtype=np.int32)
+        streamed = repeat_stream(f"127.0.0.1:{grpc_port}", values)
+        assert [r.as_numpy("OUT").tolist() for r in streamed] == [[v] for v in values]
+        assert [r.as_numpy("IDX").tolist() for r in streamed] == [[i] for i in range(len(values))]
     finally:
         # tritonserver waits up to its exit timeout for open keep-alive connections.
         client.close()
         proc.terminate()
         proc.wait(timeout=60)
         log.close()
+
+
+def repeat_stream(url: str, values: np.ndarray, delay_ms: int = 1) -> list[grpcclient.InferResult]:
+    """Stream one request to ``repeat_int32`` and collect its ``len(values)`` responses."""
+    results: queue.Queue[grpcclient.InferResult | InferenceServerException] = queue.Queue()
+    inputs = [
+        grpcclient.InferInput("IN", [len(values)], "INT32"),
+        grpcclient.InferInput("DELAY", [len(values)], "UINT32"),
+        grpcclient.InferInput("WAIT", [1], "UINT32"),
+    ]
+    inputs[0].set_data_from_numpy(values)
+    inputs[1].set_data_from_numpy(np.full(len(values), delay_ms, np.uint32))
+    inputs[2].set_data_from_numpy(np.array([delay_ms], np.uint32))
+    with grpcclient.InferenceServerClient(url) as client:
+        client.start_stream(callback=lambda result, error: results.put(error or result))
+        client.async_stream_infer("repeat_int32", inputs)
+        collected = [results.get(timeout=30) for _ in values]
+    answered: list[grpcclient.InferResult] = []
+    for item in collected:
+        if isinstance(item, InferenceServerException):
+            raise item
+        answered.append(item)
+    return answered
 
 
 def _is_ready(client: httpclient.InferenceServerClient) -> bool:
