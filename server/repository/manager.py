@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -422,12 +423,23 @@ def _write_override_files(name: str, files: dict[str, bytes]) -> Path:
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix=f"model-{name}-"))
-    for relative, content in files.items():
-        target = (root / relative).resolve()
-        if root.resolve() not in target.parents:
-            raise invalid_arg(f"file path '{relative}' escapes the model directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
+    try:
+        for relative, content in files.items():
+            try:
+                target = (root / relative).resolve()
+                if root.resolve() not in target.parents:
+                    raise invalid_arg(f"file path '{relative}' escapes the model directory")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+            except OSError as exc:
+                # A name the filesystem refuses (longer than NAME_MAX, say) is the client's
+                # mistake, not a server failure.
+                raise invalid_arg(
+                    f"Invalid file path '{relative}' for model '{name}': {exc.strerror}"
+                ) from None
+    except ServerError:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     return root
 
 
