@@ -203,10 +203,12 @@ class Core:
         # do not: Triton counts such a request as a success).
         failure: ServerError | None = None
         first = True
+        completed = False
         try:
             while True:
                 item = await queue.get()
                 if item is None:  # the final flag
+                    completed = True
                     break
                 if first:
                     first = False
@@ -237,8 +239,11 @@ class Core:
             stats.record_failure(request.request_start_ns, time.monotonic_ns(), failure_reason(exc))
             raise
         finally:
-            if not execution.done():
+            # A consumer that stops before the final flag has gone away: a model still
+            # answering from its own threads sees it through is_cancelled().
+            if not completed:
                 request.cancelled = True
+            if not execution.done():
                 execution.cancel()
             if lease is not None:
                 lease.release()
