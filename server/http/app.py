@@ -4,6 +4,7 @@ and encodes; errors go through the one table in ``server.http.errors``."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +25,8 @@ from server.protocol.http_codec import (
     parse_json,
 )
 from server.repository.manager import parse_version
+
+log = logging.getLogger(__name__)
 
 JSON = "application/json"
 HEADER_LENGTH = "inference-header-content-length"
@@ -59,6 +62,12 @@ def create_app(
     @app.exception_handler(ServerError)
     async def _server_error(_: Request, exc: ServerError) -> Response:
         return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        # A bug must still answer in Triton's error shape, which clients parse.
+        log.exception("unexpected error while handling a request")
+        return _json({"error": f"internal error: {exc}"}, 500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:

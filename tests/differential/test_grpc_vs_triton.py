@@ -16,12 +16,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+import tritonclient.utils.shared_memory as shared_memory
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from tests.differential.conftest import start_triton
 from tests.harness import run_server
-from tests.integration.shm_support import shared_memory
 from tests.models import ROOT, write_python_add_sub, write_python_identity
 
 pytestmark = pytest.mark.triton

@@ -22,12 +22,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
+import tritonclient.utils.shared_memory as shm
 from tritonclient import utils
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.harness import ServerProcess, run_server
-from tests.integration.shm_support import shared_memory as shm
 from tests.models import BUNDLED_REPOSITORY
 
 COUNTING = np.arange(16, dtype=np.int32).reshape(1, 16)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shared_memory
 from tritonclient.utils import InferenceServerException
 
 from tests.harness import ServerProcess, run_server
-from tests.integration.shm_support import shared_memory
 from tests.models import ROOT, copy_bundled_model, write_onnx_identity
 
 PROTOCOLS = ("http", "grpc")
