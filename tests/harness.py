@@ -84,8 +84,11 @@ class ServerProcess:
                 self._cond.wait(remaining)
 
     def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
+        # Our server logs to stderr; a process started with stderr merged into stdout
+        # (tritonserver in the differential tests) is read from stdout.
+        stream = self.proc.stderr if self.proc.stderr is not None else self.proc.stdout
+        assert stream is not None
+        for line in stream:
             with self._cond:
                 self.log_lines.append(line)
                 match = _STARTED.search(line)

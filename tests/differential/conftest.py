@@ -13,16 +13,11 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -38,86 +33,9 @@ _BIND_FAILED = re.compile(
 )
 
 
-@dataclass
-class TritonProcess:
-    proc: subprocess.Popen[str]
-    http_port: int
-    grpc_port: int
-    metrics_port: int
-    log_lines: list[str] = field(default_factory=list)
-    _cond: threading.Condition = field(default_factory=threading.Condition)
-
-    @property
-    def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    def log(self) -> str:
-        with self._cond:
-            return "".join(self.log_lines)
-
-    def wait_for_log(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.log_lines:
-                    found = regex.search(line)
-                    if found:
-                        return found
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.proc.poll() is not None:
-                    raise AssertionError(
-                        f"no tritonserver log line matching {pattern!r}:\n{self.log()}"
-                    )
-                self._cond.wait(remaining)
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.log_lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_http(self, path: str, timeout: float) -> None:
-        """Poll ``path`` until it answers 200, backing off between real requests."""
-        deadline = time.monotonic() + timeout
-        delay = 0.02
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"tritonserver exited with {self.proc.returncode}:\n{self.log()}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"tritonserver never answered 200 on {path}:\n{self.log()}")
-            with self._cond:
-                self._cond.wait(delay)
-            delay = min(delay * 2, 0.25)
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+# tritonserver is driven through the same process wrapper as our server; its ports are
+# chosen up front because it cannot report a port it picked itself.
+TritonProcess = ServerProcess
 
 
 def free_ports(count: int) -> list[int]:
@@ -172,7 +90,8 @@ def start_triton(
             text=True,
             errors="replace",
         )
-        server = TritonProcess(proc, http_port, grpc_port, metrics_port)
+        ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        server = ServerProcess(proc, dict(ports))
         threading.Thread(target=server._pump, daemon=True).start()
         try:
             server.wait_for_log(r"Started HTTPService at", timeout)
