@@ -6,7 +6,9 @@ For every device the server discovers it prints what it found (GPU or MIG slice)
 ONNX model instance pinned to that device through the server's own loading path and checks
 that onnxruntime's CUDA provider runs it with that ``device_id`` and that NVML sees this
 process on that device; cross-checks the device list with PyTorch where installed; and
-scrapes the metrics app for the ``nv_gpu_*`` families of each device. It prints one JSON
+scrapes the metrics app for the ``nv_gpu_*`` families of each device; and, on each device,
+round-trips a request through CUDA shared memory over HTTP and gRPC against a server process
+(inputs and outputs in device memory the check exports with CUDA IPC). It prints one JSON
 report and exits non-zero when a check fails (or, with --require-gpu, when no GPU is found).
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -176,6 +179,138 @@ async def _scrape(app: Any) -> str:
     return response.text
 
 
+class _DeviceBuffer:
+    """Device memory exported for the server, made with tritonclient's CUDA shared-memory
+    helpers where they import and with cuda-python's runtime directly otherwise (the helpers
+    need the ``cuda.cudart`` module that cuda-python 13 no longer has)."""
+
+    helper = ""
+
+    def __init__(self, name: str, size: int, device: int) -> None:
+        self.size = size
+        try:
+            import tritonclient.utils.cuda_shared_memory as cudashm
+
+            self._shm: Any = cudashm
+            self._region = cudashm.create_shared_memory_region(name, size, device)
+            self.raw_handle = cudashm.get_raw_handle(self._region)
+            _DeviceBuffer.helper = "tritonclient.utils.cuda_shared_memory"
+            return
+        except Exception as exc:  # ImportError or RuntimeError from the helper's import
+            _DeviceBuffer.helper = f"cuda-python runtime ({type(exc).__name__}: {exc})"
+        import ctypes
+
+        from server.cuda_ipc import _import_runtime
+
+        self._shm = None
+        rt = self._rt = _import_runtime()
+        rt.cudaSetDevice(device)
+        err, self._pointer = rt.cudaMalloc(size)
+        assert err == rt.cudaError_t.cudaSuccess, err
+        err, handle = rt.cudaIpcGetMemHandle(self._pointer)
+        assert err == rt.cudaError_t.cudaSuccess, err
+        self.raw_handle = base64.b64encode(ctypes.string_at(handle.getPtr(), 64))
+
+    def write(self, arrays: list[Any]) -> None:
+        import numpy as np
+
+        if self._shm is not None:
+            self._shm.set_shared_memory_region(self._region, arrays)
+            return
+        data = np.concatenate([a.reshape(-1).view(np.uint8) for a in arrays])
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._rt.cudaMemcpy(int(self._pointer), data.ctypes.data, data.size, kind)
+
+    def read(self, dtype: Any, count: int, offset: int) -> Any:
+        import numpy as np
+
+        if self._shm is not None:
+            # The helper reads from the start of the region only.
+            skip = offset // np.dtype(dtype).itemsize
+            whole = self._shm.get_contents_as_numpy(self._region, dtype, [skip + count])
+            return whole[skip:]
+        host = np.empty(count, dtype=dtype)
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._rt.cudaMemcpy(host.ctypes.data, int(self._pointer) + offset, host.nbytes, kind)
+        return host
+
+    def close(self) -> None:
+        if self._shm is not None:
+            self._shm.destroy_shared_memory_region(self._region)
+        else:
+            self._rt.cudaFree(self._pointer)
+
+
+def check_cuda_shm(gpus: list[GpuDevice], workdir: Path) -> dict[str, Any]:
+    """Inputs read from and outputs written to device memory by a server process."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from tests.harness import run_server
+    from tests.models import copy_bundled_model
+
+    repo = workdir / "cuda_shm_repo"
+    repo.mkdir()
+    copy_bundled_model(repo, "simple")
+    a = np.arange(16, dtype=np.int32)
+    b = np.full(16, 3, dtype=np.int32)
+    results: dict[str, Any] = {}
+    args = ["--model-repository", str(repo), "--allow-client-shm=true"]
+    with run_server(args) as srv:
+        for gpu in gpus:
+            for protocol, mod in (("http", httpclient), ("grpc", grpcclient)):
+                key = f"{protocol}/{gpu.index}"
+                url = srv.http_url if protocol == "http" else srv.grpc_url
+                client = mod.InferenceServerClient(url)
+                buffers: list[_DeviceBuffer] = []
+                try:
+                    inputs = _DeviceBuffer(f"in_{protocol}", 128, gpu.index)
+                    buffers.append(inputs)
+                    outputs = _DeviceBuffer(f"out_{protocol}", 128, gpu.index)
+                    buffers.append(outputs)
+                    inputs.write([a, b])
+                    client.register_cuda_shared_memory("in", inputs.raw_handle, gpu.index, 128)
+                    client.register_cuda_shared_memory("out", outputs.raw_handle, gpu.index, 128)
+                    status = client.get_cuda_shared_memory_status()
+                    tensors = [
+                        mod.InferInput("INPUT0", [1, 16], "INT32"),
+                        mod.InferInput("INPUT1", [1, 16], "INT32"),
+                    ]
+                    tensors[0].set_shared_memory("in", 64, 0)
+                    tensors[1].set_shared_memory("in", 64, 64)
+                    wanted = [
+                        mod.InferRequestedOutput("OUTPUT0"),
+                        mod.InferRequestedOutput("OUTPUT1"),
+                    ]
+                    wanted[0].set_shared_memory("out", 64, 0)
+                    wanted[1].set_shared_memory("out", 64, 64)
+                    client.infer("simple", tensors, outputs=wanted)
+                    total = outputs.read(np.int32, 16, 0)
+                    diff = outputs.read(np.int32, 16, 64)
+                    client.unregister_cuda_shared_memory()
+                    after = client.get_cuda_shared_memory_status()
+                    listed = len(status) if protocol == "http" else len(status.regions)
+                    left = len(after) if protocol == "http" else len(after.regions)
+                    results[key] = {
+                        "ok": bool(np.array_equal(total, a + b) and np.array_equal(diff, a - b))
+                        and listed == 2
+                        and left == 0,
+                        "status_regions": listed,
+                    }
+                except Exception as exc:
+                    results[key] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                finally:
+                    for buffer in buffers:
+                        buffer.close()
+                    client.close()
+    return {
+        "ok": all(r["ok"] for r in results.values()),
+        "client_helper": _DeviceBuffer.helper,
+        "runs": results,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--require-gpu", action="store_true", help="fail when no GPU is found")
@@ -207,6 +342,12 @@ def main() -> int:
                 result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             report["pinning"][gpu.uuid] = result
             ok = ok and result["ok"]
+        if gpus:
+            try:
+                report["cuda_shm"] = check_cuda_shm(gpus, Path(workdir))
+            except Exception as exc:
+                report["cuda_shm"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            ok = ok and report["cuda_shm"]["ok"]
     report["torch"] = check_torch(gpus)
     report["metrics"] = check_metrics(layer, gpus)
     ok = ok and report["torch"].get("ok", True) and report["metrics"]["ok"]

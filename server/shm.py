@@ -4,10 +4,14 @@ to them. Both front ends reach this through the core, so the checks and messages
 A region stays mapped while any request that resolved it is in flight: unregistering it
 removes the name at once (new requests no longer find it) and unmaps when the last such
 request ends.
+
+CUDA regions are device memory another process exported with ``cudaIpcGetMemHandle``; they
+are opened through ``server.cuda_ipc`` and tensors are copied between them and host memory.
 """
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import threading
@@ -15,9 +19,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from server import cuda_ipc
 from server.errors import Code, ServerError, invalid_arg, unsupported
 from server.tensors import from_buffer, to_bytes
 from server.types import InferRequest, InferResponse
+
+log = logging.getLogger(__name__)
 
 REGION = "shared_memory_region"
 BYTE_SIZE = "shared_memory_byte_size"
@@ -39,9 +46,12 @@ class SystemRegion:
     users: int = 0
     retired: bool = False
 
-    def view(self, offset: int, size: int) -> memoryview:
+    def read(self, offset: int, size: int) -> memoryview:
         start = self.offset + offset
         return memoryview(self.buffer)[start : start + size]
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        self.read(offset, len(data))[:] = data
 
     def close(self) -> None:
         try:
@@ -52,8 +62,41 @@ class SystemRegion:
 
 
 @dataclass(eq=False)
+class CudaRegion:
+    name: str
+    device_id: int
+    byte_size: int
+    memory: cuda_ipc.DeviceMemory
+    users: int = 0
+    retired: bool = False
+
+    def read(self, offset: int, size: int) -> memoryview:
+        return self._device_call(self.memory.read, offset, size)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        self._device_call(self.memory.write, offset, data)
+
+    def _device_call(self, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except cuda_ipc.IpcError as exc:
+            raise ServerError(
+                Code.INTERNAL, f"CUDA shared memory region '{self.name}': {exc}"
+            ) from None
+
+    def close(self) -> None:
+        try:
+            self.memory.close()
+        except cuda_ipc.IpcError as exc:
+            log.warning("CUDA shared memory region '%s': %s", self.name, exc)
+
+
+Region = SystemRegion | CudaRegion
+
+
+@dataclass(eq=False)
 class _Binding:
-    region: SystemRegion
+    region: Region
     offset: int
     byte_size: int
 
@@ -63,7 +106,7 @@ class Lease:
     """The regions one request uses, held until the request ends."""
 
     registry: SharedMemoryRegistry
-    regions: list[SystemRegion] = field(default_factory=list)
+    regions: list[Region] = field(default_factory=list)
     outputs: dict[str, _Binding] = field(default_factory=dict)
 
     def write_outputs(self, response: InferResponse) -> None:
@@ -79,7 +122,7 @@ class Lease:
                     f"({binding.byte_size} bytes) should be at least {len(raw)} bytes to hold the "
                     "results",
                 )
-            binding.region.view(binding.offset, len(raw))[:] = raw
+            binding.region.write(binding.offset, raw)
 
     def release(self) -> None:
         regions, self.regions = self.regions, []
@@ -104,9 +147,11 @@ def uses_shared_memory(request: InferRequest) -> bool:
 
 
 class SharedMemoryRegistry:
-    def __init__(self, enabled: bool = False) -> None:
+    def __init__(self, enabled: bool = False, cuda: cuda_ipc.IpcLayer | None = None) -> None:
         self.enabled = enabled
+        self._ipc = cuda
         self._system: dict[str, SystemRegion] = {}
+        self._cuda: dict[str, CudaRegion] = {}
         self._lock = threading.Lock()
 
     def _check_enabled(self) -> None:
@@ -117,18 +162,22 @@ class SharedMemoryRegistry:
     def register_system(self, name: str, key: str, offset: int, byte_size: int) -> None:
         self._check_enabled()
         with self._lock:
-            if name in self._system:
-                raise ServerError(
-                    Code.ALREADY_EXISTS, f"shared memory region '{name}' already in manager"
-                )
+            self._check_free(name)
         buffer = _map(name, key, offset, byte_size)
         with self._lock:
-            if name in self._system:
+            try:
+                self._check_free(name)
+            except ServerError:
                 buffer.close()
-                raise ServerError(
-                    Code.ALREADY_EXISTS, f"shared memory region '{name}' already in manager"
-                )
+                raise
             self._system[name] = SystemRegion(name, key, offset, byte_size, buffer)
+
+    def _check_free(self, name: str) -> None:
+        """Both kinds share one namespace, since requests name a region without its kind."""
+        if name in self._system or name in self._cuda:
+            raise ServerError(
+                Code.ALREADY_EXISTS, f"shared memory region '{name}' already in manager"
+            )
 
     def system_status(self, name: str = "") -> list[dict[str, Any]]:
         self._check_enabled()
@@ -150,9 +199,12 @@ class SharedMemoryRegistry:
     def unregister_system(self, name: str = "") -> None:
         """Unknown names are not an error, as in Triton."""
         self._check_enabled()
+        self._retire(self._system, name)
+
+    def _retire(self, regions: dict[str, Any], name: str) -> None:
         with self._lock:
-            names = [name] if name else list(self._system)
-            closing = [self._system.pop(n) for n in names if n in self._system]
+            names = [name] if name else list(regions)
+            closing = [regions.pop(n) for n in names if n in regions]
             for region in closing:
                 region.retired = True
             idle = [r for r in closing if r.users == 0]
@@ -162,19 +214,58 @@ class SharedMemoryRegistry:
     # --- CUDA shared memory ------------------------------------------------------------
     def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
         self._check_enabled()
-        raise unsupported(
-            f"failed to register CUDA shared memory region '{name}': this server cannot open "
-            "CUDA IPC handles (CUDA shared memory is not implemented); use system shared memory"
-        )
+        failed = f"failed to register CUDA shared memory region '{name}'"
+        with self._lock:
+            self._check_free(name)
+        ipc = self._ipc or cuda_ipc.default_layer()
+        reason = ipc.unavailable_reason()
+        if reason is not None:
+            raise unsupported(f"{failed}: {reason}; use system shared memory")
+        if len(raw_handle) != cuda_ipc.HANDLE_SIZE:
+            raise invalid_arg(
+                f"{failed}: 'raw_handle' must be a {cuda_ipc.HANDLE_SIZE}-byte "
+                f"cudaIpcMemHandle_t, got {len(raw_handle)} bytes"
+            )
+        count = ipc.device_count()
+        if not 0 <= device_id < count:
+            raise invalid_arg(
+                f"{failed}: invalid device id {device_id}, this server sees {count} CUDA device(s)"
+            )
+        if byte_size == 0:
+            raise invalid_arg(f"{failed}: 'byte_size' must be greater than 0")
+        try:
+            memory = ipc.open(raw_handle, device_id, byte_size)
+        except cuda_ipc.IpcError as exc:
+            raise ServerError(Code.INTERNAL, f"{failed}: {exc}") from None
+        with self._lock:
+            try:
+                self._check_free(name)
+            except ServerError:
+                CudaRegion(name, device_id, byte_size, memory).close()
+                raise
+            self._cuda[name] = CudaRegion(name, device_id, byte_size, memory)
 
     def cuda_status(self, name: str = "") -> list[dict[str, Any]]:
         self._check_enabled()
-        if name:
-            raise ServerError(Code.NOT_FOUND, f"Unable to find cuda shared memory region: '{name}'")
-        return []
+        with self._lock:
+            if name:
+                region = self._cuda.get(name)
+                if region is None:
+                    raise ServerError(
+                        Code.NOT_FOUND, f"Unable to find cuda shared memory region: '{name}'"
+                    )
+                regions = [region]
+            else:
+                regions = sorted(self._cuda.values(), key=lambda r: r.name)
+            return [
+                {"name": r.name, "device_id": r.device_id, "byte_size": r.byte_size}
+                for r in regions
+            ]
 
     def unregister_cuda(self, name: str = "") -> None:
+        """Unknown names are not an error, as in Triton."""
         self._check_enabled()
+        self._retire(self._cuda, name)
 
     # --- requests ----------------------------------------------------------------------
     def acquire(self, request: InferRequest) -> Lease:
@@ -188,7 +279,7 @@ class SharedMemoryRegistry:
                 if not params or REGION not in params:
                     continue
                 binding = self._bind(lease, tensor.name, params)
-                view = binding.region.view(binding.offset, binding.byte_size)
+                view = binding.region.read(binding.offset, binding.byte_size)
                 tensor.data = from_buffer(
                     view, tensor.datatype, tensor.shape, tensor.name, request.model_name, request.id
                 )
@@ -225,7 +316,7 @@ class SharedMemoryRegistry:
                     "non-negative integer"
                 )
         with self._lock:
-            region = self._system.get(name)
+            region: Region | None = self._system.get(name) or self._cuda.get(name)
             if region is None:
                 raise ServerError(Code.NOT_FOUND, f"Unable to find shared memory region: '{name}'")
             if offset >= region.byte_size:
@@ -236,8 +327,8 @@ class SharedMemoryRegistry:
             lease.regions.append(region)
         return _Binding(region, offset, size)
 
-    def _release(self, regions: Iterable[SystemRegion]) -> None:
-        idle: list[SystemRegion] = []
+    def _release(self, regions: Iterable[Region]) -> None:
+        idle: list[Region] = []
         with self._lock:
             for region in regions:
                 region.users -= 1
