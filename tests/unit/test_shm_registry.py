@@ -10,6 +10,8 @@ from multiprocessing import shared_memory
 import numpy as np
 import pytest
 
+from server.cuda_ipc import CudaRuntimeIpc
+from server.devices import FakeDeviceLayer
 from server.errors import Code, ServerError
 from server.shm import SharedMemoryRegistry
 from server.types import InferInput, InferRequest, InferResponse, OutputTensor, RequestedOutput
@@ -180,7 +182,8 @@ def test_unregister_while_in_flight_is_deferred_until_the_request_ends(
 
 
 def test_cuda_shared_memory_says_why_it_cannot_work() -> None:
-    registry = SharedMemoryRegistry(enabled=True)
+    # No device visible, whatever the machine: registration must say why it cannot work.
+    registry = SharedMemoryRegistry(enabled=True, cuda=CudaRuntimeIpc(FakeDeviceLayer([])))
     error = _error(registry.register_cuda, "c", b"\0" * 64, 0, 64)
     assert error.code == Code.UNSUPPORTED and "CUDA" in error.message
     assert registry.cuda_status() == []
