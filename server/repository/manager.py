@@ -18,7 +18,15 @@ from typing import Any
 from server.backends.base import InstanceSpec, ModelInstance
 from server.backends.registry import get_backend
 from server.devices import DeviceLayer
-from server.errors import Code, ServerError, internal, invalid_arg, not_found, unavailable
+from server.errors import (
+    Code,
+    ServerError,
+    internal,
+    invalid_arg,
+    not_found,
+    unavailable,
+    unsupported,
+)
 from server.repository import config as cfg
 from server.repository.view import ModelView, build_view
 from server.scheduler.base import Scheduler
@@ -300,6 +308,10 @@ class ModelManager:
                     group,
                 )
         backend = backend_holder.get("backend")
+        if backend is None and config.platform == "ensemble":
+            raise unsupported(
+                f"ensemble model '{name}' cannot be served: this server does not run ensembles yet"
+            )
         if backend is None:
             raise invalid_arg(f"unable to determine the backend of model '{name}'")
         labels = _read_labels(config, model_dir)

@@ -239,3 +239,31 @@ def test_load_with_base64_file_content_over_raw_http(tmp_path: Path) -> None:
             assert client.get_model_config("up")["max_batch_size"] == 8
         finally:
             client.close()
+
+
+def test_ensemble_model_is_unavailable_with_its_reason(tmp_path: Path) -> None:
+    """Ensembles are not served yet: the model says so in the index, the others serve."""
+    models.copy_bundled_model(tmp_path, "simple")
+    (tmp_path / "ens" / "1").mkdir(parents=True)
+    models.write_config(
+        tmp_path,
+        "ens",
+        """
+name: "ens"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "A" data_type: TYPE_INT32 dims: [ 16 ] } ]
+output [ { name: "S" data_type: TYPE_INT32 dims: [ 16 ] } ]
+ensemble_scheduling { step [ { model_name: "simple" model_version: -1
+  input_map { key: "INPUT0" value: "A" } input_map { key: "INPUT1" value: "A" }
+  output_map { key: "OUTPUT0" value: "S" } } ] }
+""",
+    )
+    args = ["--model-repository", str(tmp_path), "--exit-on-error=false"]
+    with run_server(args, ready_path="/v2/health/live", services=("http",)) as server:
+        client = httpclient.InferenceServerClient(server.http_url)
+        index = {row["name"]: row for row in client.get_model_repository_index()}
+        assert index["ens"]["state"] == "UNAVAILABLE"
+        assert "does not run ensembles" in index["ens"]["reason"]
+        assert index["simple"]["state"] == "READY"
+        assert client.is_model_ready("simple")
