@@ -1,5 +1,5 @@
 """The scheduler seam and the machinery every scheduler shares: a pool of model instances,
-executions in executor threads, and per-request completion with statistics.
+executions on one worker thread per instance, and per-request completion with statistics.
 
 A concrete scheduler decides *which* queued requests form the next execution
 (``_take_batch``); this module decides *when* one can run (an instance is free) and how
@@ -11,9 +11,10 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from server.backends.base import ModelInstance, RequestOutputs, Timing
@@ -47,9 +48,10 @@ class Scheduler(abc.ABC):
         self.stats = stats
         self._free: list[ModelInstance] = list(instances)
         self._instances = list(instances)
-        self._executor = ThreadPoolExecutor(
-            max_workers=len(instances), thread_name_prefix=f"model-{view.name}"
-        )
+        # One thread and queue per instance: an instance runs one batch at a time anyway,
+        # and a bare queue plus call_soon_threadsafe costs less per execution than an
+        # executor's futures, locks and done callbacks.
+        self._workers: dict[int, queue.SimpleQueue[_Work | None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._inflight = 0
@@ -103,7 +105,9 @@ class Scheduler(abc.ABC):
                 self._inflight,
             )
         self._fail_queued(unavailable("Server exiting"))
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for work in self._workers.values():
+            work.put(None)
+        self._workers.clear()
         for instance in self._instances:
             try:
                 instance.unload()
@@ -148,7 +152,7 @@ class Scheduler(abc.ABC):
     def _execute(
         self, instance: ModelInstance, batch: list[InferRequest], timing: Timing
     ) -> list[Execution]:
-        """Run one batch in an executor thread. Returns every execution it took (one here;
+        """Run one batch on the instance's worker thread. Returns every execution it took (one here;
         more where a scheduler re-runs parts of a failed batch), so each is counted."""
         try:
             results = instance.execute(batch, timing)
@@ -202,23 +206,51 @@ class Scheduler(abc.ABC):
             self.stats.pending -= 1
             self.stats.record_dequeue(request.queue_start_ns, timing.compute_start_ns)
         assert self._loop is not None
-        task = self._loop.run_in_executor(self._executor, self._execute, instance, batch, timing)
-        task.add_done_callback(lambda done: self._finish(instance, batch, done))
+        work = self._workers.get(id(instance))
+        if work is None:
+            work = self._workers[id(instance)] = queue.SimpleQueue()
+            threading.Thread(
+                target=self._work,
+                args=(self._loop, instance, work),
+                name=f"model-{self.view.name}-{len(self._workers)}",
+                daemon=True,
+            ).start()
+        work.put((batch, timing))
+
+    def _work(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        instance: ModelInstance,
+        work: queue.SimpleQueue[_Work | None],
+    ) -> None:
+        while (item := work.get()) is not None:
+            batch, timing = item
+            outcome: list[Execution] | BaseException
+            try:
+                outcome = self._execute(instance, batch, timing)
+            except BaseException as exc:  # the requests must still be answered
+                outcome = exc
+            try:
+                loop.call_soon_threadsafe(self._finish, instance, batch, outcome)
+            except RuntimeError:  # the loop closed while this batch ran
+                return
 
     def _finish(
         self,
         instance: ModelInstance,
         batch: list[InferRequest],
-        done: asyncio.Future[list[Execution]],
+        outcome: list[Execution] | BaseException,
     ) -> None:
         self._free.append(instance)
-        try:
-            executions = done.result()
-        except BaseException as exc:  # the executor itself failed, e.g. it was shut down
+        if isinstance(outcome, BaseException):
             error = (
-                exc if isinstance(exc, ServerError) else internal(str(exc) or type(exc).__name__)
+                outcome
+                if isinstance(outcome, ServerError)
+                else internal(str(outcome) or type(outcome).__name__)
             )
             executions = [Execution(batch, Timing(), [error] * len(batch))]
+        else:
+            executions = outcome
         for execution in executions:
             self._record(execution)
             for request, result in zip(execution.batch, execution.results, strict=True):
@@ -262,3 +294,6 @@ class Execution:
     results: list[RequestOutputs]
     # Whether the run counts as an execution even when every request failed in it.
     counts_failures: bool = False
+
+
+_Work = tuple[list[InferRequest], Timing]
