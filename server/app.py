@@ -52,6 +52,9 @@ def _uvicorn_server(app: Any, settings: Settings) -> _Uvicorn:
         loop="none",
         http="httptools",
         lifespan="off",
+        # Triton sends neither header.
+        server_header=False,
+        date_header=False,
         access_log=False,
         log_config=None,
         timeout_keep_alive=60,
