@@ -182,15 +182,7 @@ class SharedMemoryRegistry:
     def system_status(self, name: str = "") -> list[dict[str, Any]]:
         self._check_enabled()
         with self._lock:
-            if name:
-                region = self._system.get(name)
-                if region is None:
-                    raise ServerError(
-                        Code.NOT_FOUND, f"Unable to find system shared memory region: '{name}'"
-                    )
-                regions = [region]
-            else:
-                regions = sorted(self._system.values(), key=lambda r: r.name)
+            regions = _select(self._system, name, "system")
             return [
                 {"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
                 for r in regions
@@ -248,15 +240,7 @@ class SharedMemoryRegistry:
     def cuda_status(self, name: str = "") -> list[dict[str, Any]]:
         self._check_enabled()
         with self._lock:
-            if name:
-                region = self._cuda.get(name)
-                if region is None:
-                    raise ServerError(
-                        Code.NOT_FOUND, f"Unable to find cuda shared memory region: '{name}'"
-                    )
-                regions = [region]
-            else:
-                regions = sorted(self._cuda.values(), key=lambda r: r.name)
+            regions = _select(self._cuda, name, "cuda")
             return [
                 {"name": r.name, "device_id": r.device_id, "byte_size": r.byte_size}
                 for r in regions
@@ -366,3 +350,13 @@ def _shm_path(key: str) -> str:
     if not stripped or "/" in stripped or stripped in (".", ".."):
         raise ServerError(Code.INTERNAL, f"Unable to open shared memory region: '{key}'")
     return os.path.join("/dev/shm", stripped)
+
+
+def _select(table: dict[str, Any], name: str, kind: str) -> list[Any]:
+    """One region by name (NOT_FOUND in Triton's words when absent), or all by name."""
+    if not name:
+        return sorted(table.values(), key=lambda r: r.name)
+    region = table.get(name)
+    if region is None:
+        raise ServerError(Code.NOT_FOUND, f"Unable to find {kind} shared memory region: '{name}'")
+    return [region]
