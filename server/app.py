@@ -23,6 +23,9 @@ from server.scheduler import create_scheduler
 
 log = logging.getLogger("server")
 
+# Idle keep-alive connections are closed after this many seconds.
+KEEP_ALIVE_SECS = 60
+
 
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: the app decides when listeners close."""
@@ -57,7 +60,7 @@ def _uvicorn_server(app: Any, settings: Settings) -> _Uvicorn:
         date_header=False,
         access_log=False,
         log_config=None,
-        timeout_keep_alive=60,
+        timeout_keep_alive=KEEP_ALIVE_SECS,
         h11_max_incomplete_event_size=settings.http_max_input_size,
     )
     return _Uvicorn(config)
@@ -110,6 +113,7 @@ class ServerApp:
         self.settings = settings
         self.core = core
         self._servers: list[_Uvicorn] = []
+        self._http: Any = None
         self._grpc: Any = None
         self._stop = asyncio.Event()
         self._background: list[asyncio.Task[Any]] = []
@@ -119,10 +123,22 @@ class ServerApp:
         s = self.settings
         if s.allow_http:
             from server.http.app import create_app
+            from server.http.server import HttpServer
 
             routes = _optional("server.http.extensions", "register")
             app = create_app(self.core, max_input_size=s.http_max_input_size, extra_routes=routes)
-            await self._serve_uvicorn(app, s.http_address, s.http_port, "HTTPService")
+            endpoint = app.infer_endpoint
+            assert endpoint is not None
+            self._http = HttpServer(
+                app,
+                infer=endpoint.answer_request,
+                too_large=endpoint.too_large,
+                max_input_size=s.http_max_input_size,
+                keep_alive=KEEP_ALIVE_SECS,
+            )
+            sock = bind_socket(s.http_address, s.http_port)
+            await self._http.start(sock)
+            log.info("Started HTTPService at %s:%d", s.http_address, sock.getsockname()[1])
         if s.allow_grpc:
             grpc_start = _optional("server.grpc.server", "start")
             if grpc_start is None:
@@ -185,6 +201,8 @@ class ServerApp:
         await self._drain(s.exit_timeout_secs)
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
+        if self._http is not None:
+            await self._http.shutdown(timeout=1.0)
         for server in self._servers:
             server.should_exit = True
         await asyncio.gather(*self._background, return_exceptions=True)

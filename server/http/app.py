@@ -16,7 +16,9 @@ from starlette.responses import Response
 from server.core import Core
 from server.errors import Code, ServerError, internal, unsupported
 from server.http import compression
-from server.http.errors import error_response
+from server.http.errors import error_response, status_of
+from server.http.server import Reply
+from server.http.server import Request as HttpRequest
 from server.protocol.http_codec import (
     decode_infer_request,
     decode_raw_request,
@@ -54,8 +56,8 @@ def create_app(
     *,
     max_input_size: int = 64 * 1024 * 1024,
     extra_routes: Callable[[FastAPI, Core], None] | None = None,
-) -> FastAPI:
-    app = _App(
+) -> InferenceApp:
+    app = InferenceApp(
         title="Triton-compatible inference server", docs_url=None, redoc_url=None, openapi_url=None
     )
 
@@ -73,7 +75,9 @@ def create_app(
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
         return _json({"error": exc.detail}, exc.status_code)
 
-    async def read_body(request: Request) -> bytes:
+    endpoint = InferEndpoint(core, max_input_size)
+
+    async def read_raw_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_input_size:
             raise compression.too_large(int(declared), max_input_size)
@@ -84,7 +88,10 @@ def create_app(
             if size > max_input_size:
                 raise compression.too_large(size, max_input_size)
             chunks.append(chunk)
-        body = b"".join(chunks)
+        return b"".join(chunks)
+
+    async def read_body(request: Request) -> bytes:
+        body = await read_raw_body(request)
         encoding = request.headers.get("content-encoding")
         if encoding:
             try:
@@ -135,21 +142,13 @@ def create_app(
         return _json(core.statistics(model, _version(version)))
 
     async def infer(request: Request, model: str, version: str | None = None) -> Response:
-        try:
-            body = await read_body(request)
-        except _UnsupportedEncoding as exc:
-            return error_response(exc.error, {"Accept-Encoding": compression.ACCEPT_ENCODING})
-        json_length = header_length(request.headers.get(HEADER_LENGTH), len(body))
-        if json_length == 0 or (json_length is None and not body):
-            loaded_view = core.model_view(model, _version(version))
-            infer_request = decode_raw_request(body, loaded_view, _version(version))
-        else:
-            infer_request = decode_infer_request(body, json_length, model, _version(version))
+        """The route for ASGI servers; the HTTP listener calls ``answer_infer`` directly."""
+        body = await read_raw_body(request)
         handler = asyncio.current_task()
         assert handler is not None
         watcher = asyncio.ensure_future(_cancel_on_disconnect(request, handler))
         try:
-            response = await core.infer(infer_request)
+            reply = await endpoint.answer(body, request.headers.get, model, version)
         except asyncio.CancelledError:
             if not watcher.done() or watcher.cancelled():
                 raise
@@ -157,22 +156,18 @@ def create_app(
             uncancel = getattr(handler, "uncancel", None)
             if uncancel is not None:
                 uncancel()
-            return error_response(ServerError(Code.CANCELLED, "Request was cancelled"))
+            reply = endpoint.error(ServerError(Code.CANCELLED, "Request was cancelled"))
         finally:
             watcher.cancel()
-        payload, response_json_length = encode_infer_response(response, infer_request)
-        headers: dict[str, str] = {}
-        media = JSON
-        if response_json_length is not None:
-            headers["Inference-Header-Content-Length"] = str(response_json_length)
-            media = "application/octet-stream"
-        encoding = compression.choose_encoding(request.headers.get("accept-encoding"))
-        if encoding != "identity":
-            payload = compression.compress(payload, encoding)
-            headers["Content-Encoding"] = encoding
-        return Response(payload, media_type=media, headers=headers)
+        return Response(
+            reply.body,
+            status_code=reply.status,
+            media_type=reply.content_type.decode("latin-1"),
+            headers={n.decode("latin-1"): v.decode("latin-1") for n, v in reply.headers},
+        )
 
     app.infer_handler = infer
+    app.infer_endpoint = endpoint
     for suffix, handler, method in (
         ("", model_metadata, "GET"),
         ("/ready", model_ready, "GET"),
@@ -232,7 +227,84 @@ def create_app(
     return app
 
 
-class _App(FastAPI):
+class InferEndpoint:
+    """One inference over HTTP: raw body and request headers in, a complete reply out.
+    Shared by the HTTP listener's direct path and the FastAPI route."""
+
+    def __init__(self, core: Core, max_input_size: int) -> None:
+        self.core = core
+        self.max_input_size = max_input_size
+
+    async def answer(
+        self, body: bytes, header: Callable[[str], str | None], model: str, version: str | None
+    ) -> Reply:
+        try:
+            return await self._answer(body, header, model, version)
+        except ServerError as exc:
+            return self.error(exc)
+        except _UnsupportedEncoding as exc:
+            return self.error(
+                exc.error, [(b"accept-encoding", compression.ACCEPT_ENCODING.encode())]
+            )
+        except StarletteHTTPException as exc:
+            return Reply(exc.status_code, orjson.dumps({"error": exc.detail}))
+
+    async def answer_request(self, request: HttpRequest, model: str, version: str | None) -> Reply:
+        """The HTTP listener's entry point."""
+        return await self.answer(request.body(), _header_reader(request), model, version)
+
+    def too_large(self, request: HttpRequest) -> Reply:
+        return self.error(compression.too_large(request.too_large, self.max_input_size))
+
+    @staticmethod
+    def error(exc: ServerError, headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
+        return Reply(status_of(exc.code), orjson.dumps({"error": exc.message}), headers=headers)
+
+    async def _answer(
+        self, body: bytes, header: Callable[[str], str | None], model: str, version: str | None
+    ) -> Reply:
+        core = self.core
+        encoding = header("content-encoding")
+        if encoding:
+            try:
+                body = compression.decompress(body, encoding, self.max_input_size)
+            except ServerError as exc:
+                if exc.code is Code.UNSUPPORTED:
+                    raise _UnsupportedEncoding(exc) from None
+                raise
+        json_length = header_length(header(HEADER_LENGTH), len(body))
+        version = _version(version)
+        if json_length == 0 or (json_length is None and not body):
+            loaded_view = core.model_view(model, version)
+            infer_request = decode_raw_request(body, loaded_view, version)
+        else:
+            infer_request = decode_infer_request(body, json_length, model, version)
+        response = await core.infer(infer_request)
+        payload, response_json_length = encode_infer_response(response, infer_request)
+        headers: list[tuple[bytes, bytes]] = []
+        media = _JSON
+        if response_json_length is not None:
+            headers.append((b"inference-header-content-length", b"%d" % response_json_length))
+            media = _OCTETS
+        chosen = compression.choose_encoding(header("accept-encoding"))
+        if chosen != "identity":
+            payload = compression.compress(payload, chosen)
+            headers.append((b"content-encoding", chosen.encode()))
+        return Reply(200, payload, media, headers)
+
+
+def _header_reader(request: HttpRequest) -> Callable[[str], str | None]:
+    def read(name: str) -> str | None:
+        return request.header(name.encode("latin-1"))
+
+    return read
+
+
+_JSON = b"application/json"
+_OCTETS = b"application/octet-stream"
+
+
+class InferenceApp(FastAPI):
     """Inference requests skip the framework's routing, middleware and parameter
     resolution, which took most of the event loop's time per request in py-spy profiles
     (docs/performance.md); they run the same handler and the same error mapping as the
@@ -240,6 +312,7 @@ class _App(FastAPI):
     FastAPI as usual."""
 
     infer_handler: Callable[[Request, str, str | None], Awaitable[Response]] | None = None
+    infer_endpoint: InferEndpoint | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         handler = self.infer_handler
