@@ -22,6 +22,7 @@ from server.shm import SharedMemoryRegistry, uses_shared_memory
 from server.stats import ErrorResponse
 from server.tensors import NUMPY_DTYPES, wire_datatype_of
 from server.types import InferRequest, InferResponse, OutputTensor
+from server.validation import validate_request
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +149,6 @@ class Core:
             raise unavailable(
                 f"Request for unknown model: '{request.model_name}' version {loaded.version} is not at ready state"
             )
-        from server.validation import validate_request
-
         validate_request(request, view)
         try:
             outputs = await scheduler.submit(request)
@@ -189,8 +188,6 @@ class Core:
             )
         queue: asyncio.Queue[InferResponse | BaseException | None] = asyncio.Queue()
         request.response_queue = queue
-        from server.validation import validate_request
-
         lease = self.shm.acquire(request) if uses_shared_memory(request) else None
         try:
             validate_request(request, view)

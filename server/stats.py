@@ -74,6 +74,11 @@ class Duration:
         self.count += 1
         self.ns += max(ns, 0)
 
+    def add_each(self, ns: int, count: int) -> None:
+        """``count`` observations of ``ns`` each."""
+        self.count += count
+        self.ns += max(ns, 0) * count
+
     def as_dict(self) -> dict[str, int]:
         return {"count": self.count, "ns": self.ns}
 
@@ -137,10 +142,9 @@ class ModelStats:
         execution are not counted here."""
         input_ns, infer_ns, output_ns = _phases(timing)
         self.inference_count += rows
-        for _ in range(request_count):
-            self.compute_input.add(input_ns)
-            self.compute_infer.add(infer_ns)
-            self.compute_output.add(output_ns)
+        self.compute_input.add_each(input_ns, request_count)
+        self.compute_infer.add_each(infer_ns, request_count)
+        self.compute_output.add_each(output_ns, request_count)
         if self.observer is not None:
             for _ in range(request_count):
                 self.observer("compute_input", input_ns)

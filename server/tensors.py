@@ -83,6 +83,20 @@ _NUMPY_KIND_TO_WIRE: dict[tuple[str, int], str] = {
 def wire_datatype_of(array: np.ndarray) -> str:
     """The wire datatype that carries ``array`` (object, str and bytes arrays are BYTES)."""
     dtype = array.dtype
+    known = _WIRE_OF_DTYPE.get(dtype)
+    if known is not None:
+        return known
+    datatype = _wire_datatype(dtype)
+    if len(_WIRE_OF_DTYPE) < 64:
+        _WIRE_OF_DTYPE[dtype] = datatype
+    return datatype
+
+
+# numpy's dtype.name is computed in Python on every access; the answer per dtype never changes.
+_WIRE_OF_DTYPE: dict[np.dtype, str] = {}
+
+
+def _wire_datatype(dtype: np.dtype) -> str:
     if dtype.name == "bfloat16":
         return "BF16"
     if dtype.kind in ("O", "S", "U"):

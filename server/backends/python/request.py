@@ -154,7 +154,7 @@ class InferenceRequest:
         self._model_version = int(model_version)
         self._flags = int(flags)
         self._timeout = int(timeout)
-        self._parameters = parameters_json(parameters)
+        self._parameters: str | None = parameters_json(parameters)
         self._source: InferRequest | None = None
         self._sender: InferenceResponseSender | None = None
 
@@ -177,9 +177,8 @@ class InferenceRequest:
         request._model_name = view.name
         request._model_version = int(view.version) if view.version.isdigit() else -1
         request._timeout = source.timeout_us
-        request._parameters = json.dumps(
-            {k: v for k, v in params.items() if k not in _RESERVED}, default=str
-        )
+        # Written out when the model asks for it; most models never do.
+        request._parameters = None
         request._source = source
         request._sender = sender
         return request
@@ -204,6 +203,11 @@ class InferenceRequest:
         return self._timeout
 
     def parameters(self) -> str:
+        if self._parameters is None:
+            params = (self._source.parameters if self._source is not None else None) or {}
+            self._parameters = json.dumps(
+                {k: v for k, v in params.items() if k not in _RESERVED}, default=str
+            )
         return self._parameters
 
     def model_name(self) -> str:
