@@ -183,6 +183,8 @@ class _Connection(asyncio.Protocol):
         self.current: Request | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
         self.closing = False
+        # Bytes that do not parse as HTTP: refused once the requests before them are answered.
+        self.invalid = False
         self.lost: asyncio.Future[None] | None = None
         self.write_paused = False
         self.drained: asyncio.Future[None] | None = None
@@ -218,14 +220,28 @@ class _Connection(asyncio.Protocol):
             self._disarm_idle()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # no protocol upgrades; a request already parsed is still answered
+        except httptools.HttpParserUpgrade as exc:
+            # No protocol upgrades: the request is answered as HTTP/1.1 and whatever
+            # followed it in this read is parsed as the next request.
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            if offset < len(data):
+                self.data_received(data[offset:])
         except httptools.HttpParserError:
             log.debug("invalid HTTP request from %s", self.client)
-            if not self.transport.is_closing():
-                self.transport.write(_BAD_REQUEST)
-                self.transport.close()
-            self.closing = True
+            self.invalid = True
+            self.transport.pause_reading()
+            if self.task is None:
+                self._refuse()
+            return
+        if self.task is None and not self.queue and self.idle_timer is None:
+            # A request still incomplete is subject to the idle timeout too.
+            self._arm_idle()
+
+    def _refuse(self) -> None:
+        if not self.closing:
+            self.transport.write(_BAD_REQUEST)
+            self.transport.close()
+        self.closing = True
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -275,6 +291,8 @@ class _Connection(asyncio.Protocol):
         request.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        # A 100 Continue still owed is moot once the whole body is here.
+        self.request.expect_continue = False
         if self.closing:
             return
         self.queue.append(self.request)
@@ -287,13 +305,20 @@ class _Connection(asyncio.Protocol):
     def _next(self) -> None:
         if not self.queue:
             self.task = self.current = None
-            if self.closing or self.server.exiting:
+            if self.invalid:
+                self._refuse()
+            elif self.closing or self.server.exiting:
                 self.transport.close()
             else:
+                pending = self.request
+                if pending.expect_continue and not pending.too_large:
+                    # Its headers came while an earlier request was being answered.
+                    pending.expect_continue = False
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 self._arm_idle()
             return
         request = self.queue.popleft()
-        if len(self.queue) < _MAX_QUEUED // 2:
+        if len(self.queue) < _MAX_QUEUED // 2 and not self.invalid:
             self.transport.resume_reading()
         self.current = request
         self.task = self.loop.create_task(self._answer(request))
@@ -329,6 +354,11 @@ class _Connection(asyncio.Protocol):
             self.closing = True
             self.transport.close()
             return
+        if self.write_paused:
+            # A client that pipelines without reading must not grow our buffers unbounded.
+            await self.drain()
+            if self.closing:
+                return
         self._next()
 
     def _reply(self, request: Request, reply: Reply) -> None:
