@@ -1,0 +1,188 @@
+"""One server process against two, on the Python-backend identity model, beside tritonserver.
+
+    .venv/bin/python bench/multiprocess.py            # 3 repeats of 5 s after 2 s warm-up
+
+A second process is what it would take to use the second core: one Python process is held to
+about one core by its interpreter lock. Here two complete servers each take half of the 32
+connections (what SO_REUSEPORT would do with one port); the figures are their sums. The cost
+is measured beside the gain: resident memory, and batching efficiency (requests per model
+execution, from each server's statistics). Results go to bench/results/multiprocess.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import grpc_load, http_load, measure, models, payloads  # noqa: E402
+from bench.scenarios import Scenario  # noqa: E402
+from bench.targets import Ours, Target, Triton, tree_cpu_seconds, tree_rss_bytes  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODEL = models.IDENTITY_PY
+PROTOCOLS = ("http-json", "http-binary", "grpc")
+CONNECTIONS = 32
+
+
+class OursSecond(Ours):
+    name = "ours-second"
+
+
+def _load(
+    target: Target, protocol: str, connections: int, seconds: float, workdir: Path, good: int
+) -> dict[str, Any]:
+    payload = payloads.build(protocol, MODEL.name, MODEL.input_size)
+    name = f"{target.name}-{protocol}-c{connections}"
+    if protocol == "grpc":
+        body = workdir / "load" / f"{name}.grpc"
+        body.parent.mkdir(parents=True, exist_ok=True)
+        body.write_bytes(grpc_load.frame(payload.body))
+        log = workdir / "load" / f"{name}.log"
+        return grpc_load.run_h2load(target.grpc_port, body, log, connections, seconds, good)
+    script = http_load.write_script(workdir / "load", name, payload)
+    url = f"http://127.0.0.1:{target.http_port}/v2/models/{MODEL.name}/infer"
+    return http_load.run_wrk(url, script, connections, seconds)
+
+
+def _executions(target: Target) -> tuple[int, int]:
+    url = f"http://127.0.0.1:{target.http_port}/v2/models/{MODEL.name}/stats"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        stats = json.loads(response.read())["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def measure_layout(
+    label: str, targets: list[Target], protocol: str, seconds: float, warmup: float, workdir: Path
+) -> dict[str, Any]:
+    share = CONNECTIONS // len(targets)
+    scenario = Scenario("identity_py", MODEL.name, protocol, share, ())
+    good = [measure.check_answer(t, MODEL.name, scenario) for t in targets]
+
+    def together(duration: float) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = [{} for _ in targets]
+
+        def one(index: int) -> None:
+            target = targets[index]
+            results[index] = _load(target, protocol, share, duration, workdir, good[index])
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(targets))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+    if warmup > 0:
+        together(warmup)
+    counted = label.startswith("ours")
+    before = [_executions(t) for t in targets] if counted else []
+    cpu0 = sum(tree_cpu_seconds(t.pid) for t in targets)
+    runs = together(seconds)
+    cpu = sum(tree_cpu_seconds(t.pid) for t in targets) - cpu0
+    requests = sum(r["requests"] for r in runs)
+    row: dict[str, Any] = {
+        "layout": label,
+        "protocol": protocol,
+        "rps": sum(r["rps"] for r in runs),
+        "p50_ms": max(r.get("p50_us", 0.0) for r in runs) / 1000,
+        "errors": sum(r["errors"] for r in runs),
+        "server_cpu_us_per_req": cpu / max(requests, 1) * 1e6,
+        "server_rss_mb": sum(tree_rss_bytes(t.pid) for t in targets) / 2**20,
+    }
+    if counted:
+        after = [_executions(t) for t in targets]
+        inferences = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
+        executions = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
+        row["requests_per_execution"] = inferences / max(executions, 1)
+    return row
+
+
+def _layouts(workdir: Path, cache: Path) -> list[tuple[str, list[Target]]]:
+    layouts: list[tuple[str, list[Target]]] = [
+        ("ours x1", [Ours(workdir, cache)]),
+        ("ours x2", [Ours(workdir, cache), OursSecond(workdir, cache)]),
+    ]
+    triton = Triton(workdir, cache)
+    if triton.available() is None:
+        layouts.append(("triton", [triton]))
+    return layouts
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    keys = sorted({(r["layout"], r["protocol"]) for r in rows})
+    lines = [
+        "| layout | protocol | req/s | p50 ms | server CPU-us/req | RSS MB | requests/execution |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for layout, protocol in keys:
+        mine = [r for r in rows if r["layout"] == layout and r["protocol"] == protocol]
+
+        def med(key: str, rows: list[dict[str, Any]] = mine) -> float:
+            return statistics.median(r[key] for r in rows if key in r)
+
+        per_exec = (
+            f"{med('requests_per_execution'):.1f}" if "requests_per_execution" in mine[0] else "-"
+        )
+        lines.append(
+            f"| {layout} | {protocol} | {med('rps'):,.0f} | {med('p50_ms'):.2f} | "
+            f"{med('server_cpu_us_per_req'):,.0f} | {med('server_rss_mb'):,.0f} | {per_exec} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument(
+        "--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "bench-mp"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("TMPDIR", "/tmp")) / "bench-models" / models.fingerprint(),
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    for stem in ("identity", "mlp", "heavy"):
+        models.onnx_path(args.cache, stem)
+    rows: list[dict[str, Any]] = []
+    for repeat in range(args.repeats):
+        for label, targets in _layouts(args.workdir, args.cache):
+            for target in targets:
+                target.start()
+            try:
+                for protocol in PROTOCOLS:
+                    row = measure_layout(
+                        label, targets, protocol, args.duration, args.warmup, args.workdir
+                    )
+                    row["repeat"] = repeat
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            finally:
+                for target in targets:
+                    target.stop()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "multiprocess.json").write_text(json.dumps(rows, indent=1))
+    table = report(rows)
+    (args.out / "multiprocess.md").write_text(
+        "# One process or two (Python identity, 32 connections in all)\n\n"
+        f"Command: `bench/multiprocess.py --repeats {args.repeats} --duration {args.duration:g}`; "
+        "medians.\n\n" + table + "\n"
+    )
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
