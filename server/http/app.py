@@ -166,7 +166,6 @@ def create_app(
             headers={n.decode("latin-1"): v.decode("latin-1") for n, v in reply.headers},
         )
 
-    app.infer_handler = infer
     app.infer_endpoint = endpoint
     for suffix, handler, method in (
         ("", model_metadata, "GET"),
@@ -305,48 +304,10 @@ _OCTETS = b"application/octet-stream"
 
 
 class InferenceApp(FastAPI):
-    """Inference requests skip the framework's routing, middleware and parameter
-    resolution, which took most of the event loop's time per request in py-spy profiles
-    (docs/performance.md); they run the same handler and the same error mapping as the
-    route. Every other path, and any infer path the fast match does not take, goes through
-    FastAPI as usual."""
+    """The FastAPI application, with the inference endpoint the HTTP listener calls
+    directly (``server.http.server``); the infer route serves other ASGI servers."""
 
-    infer_handler: Callable[[Request, str, str | None], Awaitable[Response]] | None = None
     infer_endpoint: InferEndpoint | None = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        handler = self.infer_handler
-        if (
-            handler is not None
-            and scope["type"] == "http"
-            and scope["method"] == "POST"
-            and not scope.get("root_path")
-        ):
-            target = _infer_target(scope["path"])
-            if target is not None:
-                scope["app"] = self
-                request = Request(scope, receive, send)
-                try:
-                    response = await handler(request, *target)
-                except ServerError as exc:
-                    response = error_response(exc)
-                except StarletteHTTPException as exc:
-                    response = _json({"error": exc.detail}, exc.status_code)
-                await response(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
-
-
-def _infer_target(path: str) -> tuple[str, str | None] | None:
-    """(model, version) for '/v2/models/{model}[/versions/{digits}]/infer', else None."""
-    if not path.startswith("/v2/models/") or not path.endswith("/infer"):
-        return None
-    parts = path[11:-6].split("/")
-    if len(parts) == 1 and parts[0]:
-        return parts[0], None
-    if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2].isdigit():
-        return parts[0], parts[2]
-    return None
 
 
 async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[Any]) -> None:

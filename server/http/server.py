@@ -142,11 +142,29 @@ class HttpServer:
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
         self._closed = asyncio.Event()
+        self._sweeper: asyncio.TimerHandle | None = None
         self.exiting = False
 
     async def start(self, sock: Any) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
+
+    def _watch_idle(self) -> None:
+        """Close connections idle for ``keep_alive`` seconds. One sweep every quarter of
+        that (a connection closes between 1 and 1.25 times it) costs less than a timer
+        armed and cancelled around every request."""
+        if self._sweeper is None and not self.exiting:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(self.keep_alive / 4, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        for connection in list(self.connections):
+            if connection.idle_for(now) >= self.keep_alive and not connection.closing:
+                connection.shutdown()
+        if self.connections:
+            self._watch_idle()
 
     def _forget(self, connection: _Connection) -> None:
         self.connections.discard(connection)
@@ -157,6 +175,9 @@ class HttpServer:
         """Stop accepting, let each connection finish the request it is answering, then
         close it; connections still open after ``timeout`` seconds are cut."""
         self.exiting = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
@@ -181,7 +202,8 @@ class _Connection(asyncio.Protocol):
         self.queue: collections.deque[Request] = collections.deque()
         self.task: asyncio.Task[None] | None = None
         self.current: Request | None = None
-        self.idle_timer: asyncio.TimerHandle | None = None
+        # Event-loop time of the last bytes in or the last answer out.
+        self.active_at = self.loop.time()
         self.closing = False
         # Bytes that do not parse as HTTP: refused once the requests before them are answered.
         self.invalid = False
@@ -199,11 +221,10 @@ class _Connection(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         self.local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
-        self._arm_idle()
+        self.server._watch_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self._disarm_idle()
         self.server._forget(self)
         if self.lost is not None and not self.lost.done():
             self.lost.set_result(None)
@@ -216,8 +237,7 @@ class _Connection(asyncio.Protocol):
         self.queue.clear()
 
     def data_received(self, data: bytes) -> None:
-        if self.idle_timer is not None:
-            self._disarm_idle()
+        self.active_at = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -233,9 +253,6 @@ class _Connection(asyncio.Protocol):
             if self.task is None:
                 self._refuse()
             return
-        if self.task is None and not self.queue and self.idle_timer is None:
-            # A request still incomplete is subject to the idle timeout too.
-            self._arm_idle()
 
     def _refuse(self) -> None:
         if not self.closing:
@@ -315,7 +332,7 @@ class _Connection(asyncio.Protocol):
                     # Its headers came while an earlier request was being answered.
                     pending.expect_continue = False
                     self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                self._arm_idle()
+                self.active_at = self.loop.time()
             return
         request = self.queue.popleft()
         if len(self.queue) < _MAX_QUEUED // 2 and not self.invalid:
@@ -386,18 +403,12 @@ class _Connection(asyncio.Protocol):
             self.transport.writelines([b"".join(head), body])
 
     # --- lifetime -----------------------------------------------------------------
-    def _arm_idle(self) -> None:
-        self.idle_timer = self.loop.call_later(self.server.keep_alive, self._idle_timeout)
-
-    def _disarm_idle(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
-
-    def _idle_timeout(self) -> None:
-        self.idle_timer = None
-        if self.task is None and not self.transport.is_closing():
-            self.transport.close()
+    def idle_for(self, now: float) -> float:
+        """Seconds without a request being answered or bytes arriving (an incomplete
+        request counts as idle); 0 while a request is being answered."""
+        if self.task is not None or self.queue:
+            return 0.0
+        return now - self.active_at
 
     def shutdown(self) -> None:
         if self.task is None:
