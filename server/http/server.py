@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # Pipelined requests queued on one connection before it stops reading.
 _MAX_QUEUED = 16
+# The request line and headers of one request may take this many bytes at most.
+_MAX_HEAD = 64 * 1024
 # Responses at least this large go out as two buffers instead of one joined copy.
 _JOIN_LIMIT = 64 * 1024
 
@@ -207,6 +209,8 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         # Bytes that do not parse as HTTP: refused once the requests before them are answered.
         self.invalid = False
+        # Bytes of the current request's head (request line and headers) seen so far.
+        self.head_bytes = -1
         self.lost: asyncio.Future[None] | None = None
         self.write_paused = False
         self.drained: asyncio.Future[None] | None = None
@@ -248,11 +252,20 @@ class _Connection(asyncio.Protocol):
                 self.data_received(data[offset:])
         except httptools.HttpParserError:
             log.debug("invalid HTTP request from %s", self.client)
-            self.invalid = True
-            self.transport.pause_reading()
-            if self.task is None:
-                self._refuse()
+            self._invalid()
             return
+        if self.head_bytes >= 0:
+            # Still in the head after this read: the parser would buffer it without end.
+            self.head_bytes += len(data)
+            if self.head_bytes > _MAX_HEAD:
+                log.debug("request head over %d bytes from %s", _MAX_HEAD, self.client)
+                self._invalid()
+
+    def _invalid(self) -> None:
+        self.invalid = True
+        self.transport.pause_reading()
+        if self.task is None:
+            self._refuse()
 
     def _refuse(self) -> None:
         if not self.closing:
@@ -271,6 +284,7 @@ class _Connection(asyncio.Protocol):
     # --- parser callbacks ---------------------------------------------------------
     def on_message_begin(self) -> None:
         self.request = Request()
+        self.head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self.request.url += url
@@ -279,6 +293,7 @@ class _Connection(asyncio.Protocol):
         self.request.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self.head_bytes = -1
         request, parser = self.request, self.parser
         request.method = parser.get_method()
         request.http_version = parser.get_http_version()

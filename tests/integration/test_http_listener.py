@@ -331,6 +331,22 @@ def test_invalid_http_gets_400_and_the_connection_closes(server: ServerProcess) 
     answered(server)
 
 
+def test_a_request_head_without_end_is_refused(server: ServerProcess) -> None:
+    # Headers that never end would otherwise be buffered without limit.
+    with Wire(server.http_url) as wire:
+        wire.send(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for _ in range(40):
+                wire.send(b"X-Filler: " + b"a" * 4000 + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused while still sending: the server has already closed
+        reply = wire.response()
+        assert reply.status == 400
+        assert reply.body == b"Invalid HTTP request received."
+        assert wire.closed()
+    answered(server)
+
+
 def test_invalid_http_after_a_pipelined_request_is_answered_after_it(
     server: ServerProcess,
 ) -> None:
