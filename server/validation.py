@@ -24,7 +24,7 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
         if tensor.name in given:
             raise invalid_arg(f"{prefix}input '{tensor.name}' already exists in request")
         given.add(tensor.name)
-    required = [n for n, spec in inputs.items() if not spec.optional]
+    required = view.required_names
     missing = [n for n in required if n not in given]
     if len(request.inputs) > len(inputs) or len(request.inputs) < len(required):
         got = ",".join(f"'{t.name}'" for t in request.inputs[::-1])
@@ -75,7 +75,7 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
                 f"'{name}' expects '{spec.datatype}'"
             )
         shape = tensor.shape
-        if any(d < 0 for d in shape):
+        if shape and min(shape) < 0:
             raise invalid_arg(
                 f"{prefix}All input dimensions should be specified for input '{tensor.name}' for model "
                 f"'{name}', got {_fmt(shape)}"
@@ -93,6 +93,8 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
 
 
 def _dims_match(dims: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    if dims == shape:
+        return True
     if len(dims) != len(shape):
         return False
     return all(d == -1 or d == s for d, s in zip(dims, shape, strict=True))

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 _LEADING_INT = re.compile(rb"\s*([+-]?\d+)")
 _CONTENT_FIELDS = ("data", "binary_data_size", "shared_memory_region")
+_DATA_ONLY = ("data",)
 # The name Triton gives the one input of a raw binary request in its byte-size message.
 RAW_INPUT = "raw_input"
 
@@ -140,11 +141,15 @@ def _decode_input(
     fields = item if isinstance(item, dict) else {}
     params = fields.get("parameters")
     params = params if isinstance(params, dict) else {}
-    present = [
-        name
-        for name, where in zip(_CONTENT_FIELDS, (fields, params, params), strict=True)
-        if name in where
-    ]
+    present: tuple[str, ...]
+    if "data" in fields and not params:
+        present = _DATA_ONLY  # the common JSON input, without building the tuple
+    else:
+        present = tuple(
+            name
+            for name, where in zip(_CONTENT_FIELDS, (fields, params, params), strict=True)
+            if name in where
+        )
     if len(present) != 1:
         which = "no field is set" if not present else "set " + " ".join(f"'{p}'" for p in present)
         raise invalid_arg(
@@ -158,8 +163,10 @@ def _decode_input(
     shape = fields["shape"]
     if not isinstance(shape, list):
         raise _wrong_type("shape", "array")
-    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63 for d in shape):
-        raise _wrong_type("shape", "unsigned-integer")
+    for d in shape:
+        # type() rather than isinstance(): a JSON boolean is not a dimension.
+        if type(d) is not int or not 0 <= d < 2**63:
+            raise _wrong_type("shape", "unsigned-integer")
     if datatype not in NUMPY_DTYPES:
         raise invalid_arg(f"invalid datatype for input {name}")
     dims = tuple(shape)
