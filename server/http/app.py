@@ -266,7 +266,9 @@ class InferEndpoint:
         encoding = header("content-encoding")
         if encoding:
             try:
-                body = compression.decompress(body, encoding, self.max_input_size)
+                body = await _maybe_off_loop(
+                    len(body), compression.decompress, body, encoding, self.max_input_size
+                )
             except ServerError as exc:
                 if exc.code is Code.UNSUPPORTED:
                     raise _UnsupportedEncoding(exc) from None
@@ -287,9 +289,21 @@ class InferEndpoint:
             media = _OCTETS
         chosen = compression.choose_encoding(header("accept-encoding"))
         if chosen != "identity":
-            payload = compression.compress(payload, chosen)
+            payload = await _maybe_off_loop(len(payload), compression.compress, payload, chosen)
             headers.append((b"content-encoding", chosen.encode()))
         return Reply(200, payload, media, headers)
+
+
+# zlib lets go of the interpreter lock while it works on a buffer: (de)compressing large
+# bodies on a worker thread lets the event loop serve other connections meanwhile. Small
+# bodies stay on the loop, where the hand-off would cost more than the work.
+_OFF_LOOP_BYTES = 256 * 1024
+
+
+async def _maybe_off_loop(size: int, work: Callable[..., bytes], *args: Any) -> bytes:
+    if size < _OFF_LOOP_BYTES:
+        return work(*args)
+    return await asyncio.get_running_loop().run_in_executor(None, work, *args)
 
 
 def _header_reader(request: HttpRequest) -> Callable[[str], str | None]:

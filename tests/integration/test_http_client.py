@@ -210,6 +210,23 @@ def test_compression_both_ways(
     connection.close()
 
 
+def test_compression_of_large_bodies_both_ways(client: httpclient.InferenceServerClient) -> None:
+    # Bodies this large are inflated and deflated on a worker thread, not on the event loop.
+    data = np.random.default_rng(3).standard_normal((1, 200_000)).astype(np.float32)
+    tensor = httpclient.InferInput("INPUT0", list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data, binary_data=True)
+    wanted = [httpclient.InferRequestedOutput("OUTPUT0", binary_data=True)]
+    for algorithm in ("gzip", "deflate"):
+        result = client.infer(
+            "identity_fp32",
+            [tensor],
+            outputs=wanted,
+            request_compression_algorithm=algorithm,
+            response_compression_algorithm=algorithm,
+        )
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), data)
+
+
 def test_statistics_shape(client: httpclient.InferenceServerClient) -> None:
     tensors, _, _ = simple_inputs()
     before = client.get_inference_statistics("simple")["model_stats"][0]
