@@ -142,7 +142,8 @@ def create_app(
         return _json(core.statistics(model, _version(version)))
 
     async def infer(request: Request, model: str, version: str | None = None) -> Response:
-        """The route for ASGI servers; the HTTP listener calls ``answer_infer`` directly."""
+        """The route for ASGI servers, and for infer paths the listener does not match itself
+        (percent-encoded or absolute-form); the listener calls ``answer_request`` directly."""
         body = await read_raw_body(request)
         handler = asyncio.current_task()
         assert handler is not None
