@@ -24,7 +24,7 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
         if tensor.name in given:
             raise invalid_arg(f"{prefix}input '{tensor.name}' already exists in request")
         given.add(tensor.name)
-    required = view.required_names
+    required = view.required_inputs
     missing = [n for n in required if n not in given]
     if len(request.inputs) > len(inputs) or len(request.inputs) < len(required):
         got = ",".join(f"'{t.name}'" for t in request.inputs[::-1])

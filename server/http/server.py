@@ -203,7 +203,8 @@ class _Connection(asyncio.Protocol):
         self.request = Request()
         self.queue: collections.deque[Request] = collections.deque()
         self.task: asyncio.Task[None] | None = None
-        self.current: Request | None = None
+        # The request being answered is an inference: withdrawn if the client goes away.
+        self.answering_infer = False
         # Event-loop time of the last bytes in or the last answer out.
         self.active_at = self.loop.time()
         self.closing = False
@@ -234,10 +235,9 @@ class _Connection(asyncio.Protocol):
             self.lost.set_result(None)
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
-        task, current = self.task, self.current
-        if task is not None and current is not None and _is_infer(current):
+        if self.task is not None and self.answering_infer:
             # The client went away: withdraw the queued request rather than run it for nobody.
-            task.cancel()
+            self.task.cancel()
         self.queue.clear()
 
     def data_received(self, data: bytes) -> None:
@@ -336,7 +336,8 @@ class _Connection(asyncio.Protocol):
     # --- answering ----------------------------------------------------------------
     def _next(self) -> None:
         if not self.queue:
-            self.task = self.current = None
+            self.task = None
+            self.answering_infer = False
             if self.invalid:
                 self._refuse()
             elif self.closing or self.server.exiting:
@@ -352,7 +353,7 @@ class _Connection(asyncio.Protocol):
         request = self.queue.popleft()
         if len(self.queue) < _MAX_QUEUED // 2 and not self.invalid:
             self.transport.resume_reading()
-        self.current = request
+        self.answering_infer = False
         self.task = self.loop.create_task(self._answer(request))
 
     async def _answer(self, request: Request) -> None:
@@ -364,6 +365,7 @@ class _Connection(asyncio.Protocol):
                 self._reply(request, self.server.too_large(request))
             elif target is not None:
                 assert self.server.infer is not None
+                self.answering_infer = True
                 self._reply(request, await self.server.infer(request, *target))
             else:
                 await _Bridge(self, request).run(self.server.app)
@@ -397,18 +399,8 @@ class _Connection(asyncio.Protocol):
         if self.closing:
             return
         body = reply.body
-        head = [
-            STATUS_LINES.get(reply.status) or b"HTTP/1.1 %d \r\n" % reply.status,
-            b"content-length: %d\r\ncontent-type: " % len(body),
-            reply.content_type,
-            b"\r\n",
-        ]
-        for name, value in reply.headers:
-            head += [name, b": ", value, b"\r\n"]
-        if not request.keep_alive or self.server.exiting:
-            request.keep_alive = False
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
+        fields = [(b"content-length", b"%d" % len(body)), (b"content-type", reply.content_type)]
+        head = _head(reply.status, fields + reply.headers, request, self.server.exiting)
         if request.method == b"HEAD":
             self.transport.write(b"".join(head))
         elif len(body) < _JOIN_LIMIT:
@@ -446,10 +438,6 @@ class _Connection(asyncio.Protocol):
         if self.write_paused and not self.closing:
             self.drained = self.loop.create_future()
             await self.drained
-
-
-def _is_infer(request: Request) -> bool:
-    return request.method == b"POST" and infer_target(request.url.partition(b"?")[0]) is not None
 
 
 class _Bridge:
@@ -556,16 +544,25 @@ class _Bridge:
                 await connection.drain()
 
     def _start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        request = self.request
-        head = [STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
-        says_close = False
-        for name, value in headers:
-            if name == b"connection" and b"close" in value.lower():
-                says_close = True
-            head += [name, b": ", value, b"\r\n"]
-        if says_close or self.connection.server.exiting:
-            request.keep_alive = False
-        if not request.keep_alive and not says_close:
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
-        self.head = head  # written with the first body chunk
+        # Written with the first body chunk.
+        self.head = _head(status, headers, self.request, self.connection.server.exiting)
+
+
+def _head(
+    status: int, headers: list[tuple[bytes, bytes]], request: Request, exiting: bool
+) -> list[bytes]:
+    """The status line and headers of a response. Decides, on ``request.keep_alive``, whether
+    the connection closes after it: when the client or the response says so, or the server is
+    exiting; a closing connection's response says ``connection: close``."""
+    head = [STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
+    says_close = False
+    for name, value in headers:
+        if name == b"connection" and b"close" in value.lower():
+            says_close = True
+        head += [name, b": ", value, b"\r\n"]
+    if says_close or exiting:
+        request.keep_alive = False
+    if not request.keep_alive and not says_close:
+        head.append(b"connection: close\r\n")
+    head.append(b"\r\n")
+    return head

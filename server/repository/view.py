@@ -37,15 +37,11 @@ class ModelView:
     # Inputs whose shapes must match for requests to share a batch.
     shape_checked_inputs: tuple[str, ...] = ()
     # Worked out from ``inputs`` once; every request is checked against it.
-    required_names: tuple[str, ...] = field(init=False, default=())
+    required_inputs: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         required = tuple(name for name, spec in self.inputs.items() if not spec.optional)
-        object.__setattr__(self, "required_names", required)
-
-    @property
-    def required_inputs(self) -> list[str]:
-        return list(self.required_names)
+        object.__setattr__(self, "required_inputs", required)
 
     def metadata_shape(self, spec: TensorSpec) -> list[int]:
         dims = list(spec.dims)
