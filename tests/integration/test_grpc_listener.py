@@ -1,0 +1,453 @@
+"""The gRPC listener in-process, on a real socket: grpcio clients for calls, deadlines,
+cancellation, compression, streaming and large messages, and a raw HTTP/2 client (h2) for
+the protocol's edges: the preface, pings, content types, header blocks split into
+CONTINUATION frames, padding, ping policing, keepalive and a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import hpack
+import pytest
+
+from server.grpc.listener import GrpcListener, method_table
+from server.protocol.generated import grpc_service_pb2 as pb
+from server.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+
+TIMEOUT = 10.0
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+class Servicer:
+    """ModelInfer echoes the request's raw inputs back as outputs; the model name steers
+    it: "fail" aborts, "crash" raises, "wait" blocks until released, "zip" compresses."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.stream_seen: list[str] = []
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=False)
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        name = request.model_name
+        if name == "fail":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "modèle 'fail' 100% absent\n")
+        if name == "crash":
+            raise RuntimeError("boom")
+        if name == "wait":
+            self.started.set()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        if name == "zip":
+            context.set_compression(grpc.Compression.Gzip)
+        response = pb.ModelInferResponse(model_name=name, id=request.id)
+        response.raw_output_contents.extend(request.raw_input_contents)
+        return response
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> Any:
+        async for request in requests:
+            self.stream_seen.append(request.id)
+            yield pb.ModelStreamInferResponse(
+                infer_response=pb.ModelInferResponse(id=request.id, model_name="echo")
+            )
+
+    def __getattr__(self, name: str) -> Any:
+        async def unimplemented(request: Any, context: Any) -> Any:
+            context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+            context.set_details("Method not implemented!")
+            raise NotImplementedError(name)
+
+        return unimplemented
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[GrpcListener, Servicer, int]]:
+    servicer = Servicer()
+    listener = GrpcListener(method_table([(SERVICE, servicer)]))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    await listener.start(sock)
+    try:
+        yield listener, servicer, sock.getsockname()[1]
+    finally:
+        servicer.release.set()
+        await listener.stop(0.5)
+
+
+def _stub(port: int, **options: Any) -> tuple[grpc.aio.Channel, Any]:
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
+        **options,
+    )
+    return channel, pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+async def test_unary_calls_and_errors_keep_the_connection_serving(served: Any) -> None:
+    _, _, port = served
+    channel, stub = _stub(port)
+    async with channel:
+        assert (await stub.ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT)).live
+        # Alternating methods: after the first calls every header block is table
+        # references, answered from the remembered blocks; each must reach its own method.
+        for index in range(5):
+            assert not (await stub.ServerReady(pb.ServerReadyRequest(), timeout=TIMEOUT)).ready
+            reply = await stub.ModelInfer(
+                pb.ModelInferRequest(model_name="echo", id=str(index), raw_input_contents=[b"ab"]),
+                timeout=TIMEOUT,
+            )
+            assert (reply.id, list(reply.raw_output_contents)) == (str(index), [b"ab"])
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.ModelInfer(pb.ModelInferRequest(model_name="fail"), timeout=TIMEOUT)
+        assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+        assert failed.value.details() == "modèle 'fail' 100% absent\n"
+        with pytest.raises(grpc.aio.AioRpcError) as crashed:
+            await stub.ModelInfer(pb.ModelInferRequest(model_name="crash"), timeout=TIMEOUT)
+        assert crashed.value.code() == grpc.StatusCode.UNKNOWN
+        assert "boom" in crashed.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.ModelConfig(pb.ModelConfigRequest(name="x"), timeout=TIMEOUT)
+        assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert missing.value.details() == "Method not implemented!"
+        unknown = channel.unary_unary("/inference.GRPCInferenceService/NoSuchMethod")
+        with pytest.raises(grpc.aio.AioRpcError) as absent:
+            await unknown(b"", timeout=TIMEOUT)
+        assert absent.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert absent.value.details() == "Method not found!"
+        garbled = channel.unary_unary(INFER)
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await garbled(b"\xff\xff\xff", timeout=TIMEOUT)
+        assert bad.value.code() == grpc.StatusCode.INTERNAL
+        assert bad.value.details() == "Exception deserializing request!"
+        reply = await stub.ModelInfer(pb.ModelInferRequest(model_name="after"), timeout=TIMEOUT)
+        assert reply.model_name == "after"
+
+
+async def test_a_deadline_cancels_the_handler(served: Any) -> None:
+    _, servicer, port = served
+    channel, stub = _stub(port)
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as expired:
+            await stub.ModelInfer(pb.ModelInferRequest(model_name="wait"), timeout=0.3)
+        assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.wait_for(servicer.cancelled.wait(), TIMEOUT)
+        assert (await stub.ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT)).live
+
+
+async def test_a_client_cancel_cancels_the_handler(served: Any) -> None:
+    _, servicer, port = served
+    channel, stub = _stub(port)
+    async with channel:
+        call = stub.ModelInfer(pb.ModelInferRequest(model_name="wait"), timeout=TIMEOUT)
+        await asyncio.wait_for(servicer.started.wait(), TIMEOUT)
+        call.cancel()
+        await asyncio.wait_for(servicer.cancelled.wait(), TIMEOUT)
+        assert (await stub.ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT)).live
+
+
+async def test_large_messages_cross_the_flow_control_windows(served: Any) -> None:
+    """20 MB each way: more than the 8 MiB stream window this side announces and far more
+    than the client's initial window, so both directions wait for window updates."""
+    _, _, port = served
+    channel, stub = _stub(port)
+    big = bytes(range(256)) * (20 * 1024 * 1024 // 256)
+    async with channel:
+        replies = await asyncio.gather(
+            *(
+                stub.ModelInfer(
+                    pb.ModelInferRequest(model_name=str(i), raw_input_contents=[big]),
+                    timeout=60,
+                )
+                for i in range(3)
+            )
+        )
+    for i, reply in enumerate(replies):
+        assert reply.model_name == str(i)
+        assert reply.raw_output_contents[0] == big
+
+
+@pytest.mark.parametrize("algorithm", [grpc.Compression.Gzip, grpc.Compression.Deflate])
+async def test_compressed_requests_and_responses(served: Any, algorithm: grpc.Compression) -> None:
+    _, _, port = served
+    channel, stub = _stub(port, compression=algorithm)
+    payload = b"tensor" * 100_000  # 600 KB: compressed on a worker thread both ways
+    async with channel:
+        for name in ("echo", "zip"):
+            reply = await stub.ModelInfer(
+                pb.ModelInferRequest(model_name=name, raw_input_contents=[payload, b"x"]),
+                timeout=TIMEOUT,
+            )
+            assert list(reply.raw_output_contents) == [payload, b"x"]
+
+
+async def test_a_response_is_compressed_only_for_a_client_that_accepts_it(served: Any) -> None:
+    _, _, port = served
+    payload = b"tensor" * 1000
+    for accept, flag, encoding in ((b"identity, gzip", 1, b"gzip"), (b"identity", 0, None)):
+        client = await RawClient.open(port)
+        try:
+            headers = client.request_headers() + [(b"grpc-accept-encoding", accept)]
+            request = pb.ModelInferRequest(model_name="zip", raw_input_contents=[payload])
+            client.conn.send_headers(1, headers)
+            client.conn.send_data(1, _message(request), end_stream=True)
+            client.flush()
+            response = await client.until(h2.events.ResponseReceived)
+            assert dict(response.headers).get(b"grpc-encoding") == encoding
+            data = b""
+            while not data or len(data) < 5 + int.from_bytes(data[1:5], "big"):
+                data += (await client.until(h2.events.DataReceived)).data
+            assert data[0] == flag
+            body = gzip.decompress(data[5:]) if flag else data[5:]
+            assert pb.ModelInferResponse.FromString(body).raw_output_contents[0] == payload
+            trailers = await client.until(h2.events.TrailersReceived)
+            assert dict(trailers.headers)[b"grpc-status"] == b"0"
+        finally:
+            client.close()
+
+
+async def test_a_bidirectional_stream_answers_each_message(served: Any) -> None:
+    _, servicer, port = served
+    channel, stub = _stub(port)
+    async with channel:
+        requests = [pb.ModelInferRequest(id=str(i), model_name="echo") for i in range(50)]
+        replies = [r.infer_response.id async for r in stub.ModelStreamInfer(iter(requests))]
+    assert replies == [str(i) for i in range(50)]
+    assert servicer.stream_seen == replies
+
+
+class RawClient:
+    """An HTTP/2 client connection driven frame by frame (h2 with its checks relaxed)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.conn = h2.connection.H2Connection(config=config)
+        self.events: list[Any] = []
+
+    @classmethod
+    async def open(cls, port: int, preface: bool = True) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer)
+        if preface:
+            client.conn.initiate_connection()
+            client.flush()
+        return client
+
+    def flush(self) -> None:
+        self.writer.write(self.conn.data_to_send())
+
+    def request_headers(self, path: str = INFER, content_type: bytes = b"application/grpc") -> list:
+        return [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", path.encode()),
+            (b":authority", b"localhost"),
+            (b"content-type", content_type),
+            (b"te", b"trailers"),
+        ]
+
+    async def until(self, kind: type, predicate: Any = lambda event: True) -> Any:
+        while True:
+            for index, event in enumerate(self.events):
+                if isinstance(event, kind) and predicate(event):
+                    return self.events.pop(index)
+            data = await asyncio.wait_for(self.reader.read(65536), TIMEOUT)
+            if not data:
+                raise EOFError("connection closed")
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    self.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                self.events.append(event)
+            self.flush()
+
+    async def closed(self) -> bytes:
+        """Everything the server sends until it closes the connection."""
+        seen = b""
+        while data := await asyncio.wait_for(self.reader.read(65536), TIMEOUT):
+            seen += data
+        return seen
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _message(request: Any) -> bytes:
+    body = request.SerializeToString()
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+async def test_raw_call_with_padding_and_continuation_frames(served: Any) -> None:
+    _, _, port = served
+    client = await RawClient.open(port)
+    try:
+        await client.until(h2.events.RemoteSettingsChanged)
+        block = client.conn.encoder.encode(client.request_headers())
+        # HEADERS without END_HEADERS, then the rest of the block in two CONTINUATIONs.
+        head = struct.pack(">I", len(block[:3]))[1:] + bytes((1, 0)) + struct.pack(">I", 1)
+        middle = struct.pack(">I", len(block[3:6]))[1:] + bytes((9, 0)) + struct.pack(">I", 1)
+        tail = struct.pack(">I", len(block[6:]))[1:] + bytes((9, 4)) + struct.pack(">I", 1)
+        body = _message(pb.ModelInferRequest(model_name="padded", raw_input_contents=[b"q"]))
+        padded = bytes((7,)) + body + bytes(7)
+        data = struct.pack(">I", len(padded))[1:] + bytes((0, 0x8 | 0x1)) + struct.pack(">I", 1)
+        client.writer.write(
+            head + block[:3] + middle + block[3:6] + tail + block[6:] + data + padded
+        )
+        ended = await _raw_response(client)
+        status, message = ended
+        assert status == b"0"
+        reply = pb.ModelInferResponse.FromString(message[5:])
+        assert (reply.model_name, list(reply.raw_output_contents)) == ("padded", [b"q"])
+    finally:
+        client.close()
+
+
+async def _raw_response(client: RawClient) -> tuple[bytes, bytes]:
+    """Read frames by hand until the trailers of stream 1; return grpc-status and data."""
+    data = b""
+    status = None
+    decoder = hpack.Decoder()
+    buffer = b""
+    while status is None:
+        chunk = await asyncio.wait_for(client.reader.read(65536), TIMEOUT)
+        if not chunk:
+            raise EOFError("closed")
+        buffer += chunk
+        while len(buffer) >= 9:
+            length = int.from_bytes(buffer[:3], "big")
+            if len(buffer) < 9 + length:
+                break
+            kind, flags = buffer[3], buffer[4]
+            payload, buffer = buffer[9 : 9 + length], buffer[9 + length :]
+            if kind == 0:
+                data += payload
+            elif kind == 1:
+                headers = dict(decoder.decode(payload, raw=True))
+                if flags & 1:
+                    status = headers[b"grpc-status"]
+    return status, data
+
+
+async def test_pings_are_answered_and_a_flood_without_calls_is_refused(served: Any) -> None:
+    _, _, port = served
+    client = await RawClient.open(port)
+    try:
+        client.conn.ping(b"12345678")
+        client.flush()
+        ack = await client.until(h2.events.PingAckReceived)
+        assert ack.ping_data == b"12345678"
+        for n in range(3):
+            client.conn.ping(b"flood%03d" % n)
+        client.flush()
+        terminated = await client.until(h2.events.ConnectionTerminated)
+        assert terminated.error_code == 0xB  # ENHANCE_YOUR_CALM
+        assert terminated.additional_data == b"too_many_pings"
+    finally:
+        client.close()
+
+
+async def test_a_non_grpc_content_type_gets_415(served: Any) -> None:
+    _, _, port = served
+    client = await RawClient.open(port)
+    try:
+        client.conn.send_headers(
+            1, client.request_headers(content_type=b"application/json"), end_stream=True
+        )
+        client.flush()
+        response = await client.until(h2.events.ResponseReceived)
+        assert dict(response.headers)[b":status"] == b"415"
+        # The connection goes on serving calls.
+        client.conn.send_headers(3, client.request_headers(), end_stream=False)
+        client.conn.send_data(3, _message(pb.ModelInferRequest(model_name="ok")), end_stream=True)
+        client.flush()
+        trailers = await client.until(h2.events.TrailersReceived, lambda e: e.stream_id == 3)
+        assert dict(trailers.headers)[b"grpc-status"] == b"0"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # HTTP/1.1 on the gRPC port
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        + b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x10\x00\x01\x00\x00\x00\x00\x00\x01",  # over 1 MiB
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x03\x01\x05\x00\x00\x00\x01\xff\xff\xff",
+    ],
+    ids=["http1", "zero-window-update", "oversized-frame", "broken-header-block"],
+)
+async def test_protocol_errors_close_only_that_connection(served: Any, garbage: bytes) -> None:
+    _, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(garbage)
+    seen = b""
+    while data := await asyncio.wait_for(reader.read(65536), TIMEOUT):
+        seen += data
+    writer.close()
+    assert b"\x07\x00\x00\x00\x00\x00" in seen  # a GOAWAY frame before the close
+    channel, stub = _stub(port)
+    async with channel:
+        assert (await stub.ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT)).live
+
+
+async def test_stop_lets_a_call_in_flight_finish_and_refuses_new_ones(served: Any) -> None:
+    listener, servicer, port = served
+    channel, stub = _stub(port)
+    async with channel:
+        call = stub.ModelInfer(pb.ModelInferRequest(model_name="wait"), timeout=TIMEOUT)
+        await asyncio.wait_for(servicer.started.wait(), TIMEOUT)
+        stopping = asyncio.create_task(listener.stop(5.0))
+        servicer.release.set()
+        reply = await call
+        assert reply.model_name == "wait"
+        await asyncio.wait_for(stopping, TIMEOUT)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ServerLive(pb.ServerLiveRequest(), timeout=2)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_keepalive_pings_close_a_silent_peer() -> None:
+    listener = GrpcListener(
+        method_table([(SERVICE, Servicer())]),
+        keepalive_time_ms=50,
+        keepalive_timeout_ms=100,
+        keepalive_permit_without_calls=True,
+        max_pings_without_data=0,
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    await listener.start(sock)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        seen = b""
+        # Never answering the pings: the server gives up and closes.
+        while data := await asyncio.wait_for(reader.read(65536), TIMEOUT):
+            seen += data
+        writer.close()
+        assert b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" in seen  # a PING was sent
+    finally:
+        await listener.stop(0.1)
