@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import ssl
 import struct
 import urllib.parse
 import zlib
@@ -61,6 +62,8 @@ _FRAME_LIMIT = 1024 * 1024
 _HEADER_LIST_LIMIT = 64 * 1024
 _MAX_STREAMS = 4096
 _IDLE_PING_INTERVAL = 7200.0
+# A message as large as protobuf can carry (grpc's limit as Triton sets it).
+MAX_MESSAGE_BYTES = 2**31 - 1
 # Messages at least this large are (de)compressed on a worker thread.
 _OFF_LOOP_BYTES = 256 * 1024
 
@@ -295,9 +298,9 @@ class GrpcListener:
         self._server: asyncio.Server | None = None
         self.exiting = False
 
-    async def start(self, sock: Any) -> None:
+    async def start(self, sock: Any, tls: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        self._server = await loop.create_server(lambda: _Connection(self), sock=sock, ssl=tls)
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls (GOAWAY), let calls in flight finish for ``grace`` seconds, then
@@ -746,7 +749,7 @@ class _Connection(asyncio.Protocol):
             return
         method = self.listener.methods.get(stream.path)
         if method is None:
-            self._trailers_only(stream, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            self._finish(stream, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
             return
         if stream.deadline is not None:
             stream.timer = self.loop.call_at(stream.deadline, self._expire, stream)
@@ -778,6 +781,14 @@ class _Connection(asyncio.Protocol):
         stream.received += length
         if stream.received > _STREAM_WINDOW + stream.unacked:
             self._reset(stream, FLOW_CONTROL_ERROR)
+            return
+        if stream.inbox is None and stream.received > MAX_MESSAGE_BYTES + 5:
+            self._finish(
+                stream,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Received message larger than max ({stream.received - 5} vs. {MAX_MESSAGE_BYTES})",
+            )
+            self._cancel_stream(stream)
             return
         if stream.received - stream.unacked >= _STREAM_WINDOW // 2 and not flags & END_STREAM:
             increment = stream.received - stream.unacked
@@ -971,11 +982,6 @@ class _Connection(asyncio.Protocol):
             block = _status_block(number, details)
         else:
             block = _OK_HEAD + _status_block(number, details)  # a trailers-only response
-        self.write(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
-        self._closed_locally(stream)
-
-    def _trailers_only(self, stream: _Stream, code: grpc.StatusCode, details: str) -> None:
-        block = _OK_HEAD + _status_block(code.value[0], details)
         self.send(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
         self._closed_locally(stream)
 
