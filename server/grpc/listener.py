@@ -62,6 +62,9 @@ _FRAME_LIMIT = 1024 * 1024
 _HEADER_LIST_LIMIT = 64 * 1024
 _MAX_STREAMS = 4096
 _IDLE_PING_INTERVAL = 7200.0
+# A connection that has not sent the HTTP/2 preface by then is closed (grpc's handshake
+# timeout).
+_HANDSHAKE_SECS = 120.0
 # A message as large as protobuf can carry (grpc's limit as Triton sets it).
 MAX_MESSAGE_BYTES = 2**31 - 1
 # Messages at least this large are (de)compressed on a worker thread.
@@ -419,6 +422,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.blocked: set[_Stream] = set()
         # Keepalive and ping policing.
+        self.handshake: asyncio.TimerHandle | None = None
         self.keepalive: asyncio.TimerHandle | None = None
         self.ping_timeout: asyncio.TimerHandle | None = None
         self.pings_without_data = 0
@@ -452,12 +456,17 @@ class _Connection(asyncio.Protocol):
             _frame(SETTINGS, 0, 0, settings)
             + _frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", _MAX_WINDOW - 65535))
         )
+        self.handshake = self.loop.call_later(_HANDSHAKE_SECS, self._handshake_expired)
         self._arm_keepalive()
+
+    def _handshake_expired(self) -> None:
+        log.debug("gRPC connection %s sent no connection preface; closing it", self.peer)
+        self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.listener.connections.discard(self)
-        for timer in (self.keepalive, self.ping_timeout):
+        for timer in (self.keepalive, self.ping_timeout, self.handshake):
             if timer is not None:
                 timer.cancel()
         for stream in list(self.streams.values()):
@@ -532,6 +541,9 @@ class _Connection(asyncio.Protocol):
                 self._fail(_ConnectionError(PROTOCOL_ERROR, "bad connection preface"))
                 return
             self.preface = True
+            if self.handshake is not None:
+                self.handshake.cancel()
+                self.handshake = None
             position = len(_PREFACE)
         size = len(buffer)
         self.reading = True
@@ -552,6 +564,12 @@ class _Connection(asyncio.Protocol):
             self.out = []
             self._fail(error)
             return
+        except Exception:
+            log.exception("gRPC connection %s: unexpected failure; closing it", self.peer)
+            self.reading = False
+            self.out = []
+            self._fail(_ConnectionError(INTERNAL_ERROR, "internal error"))
+            return
         self.reading = False
         del buffer[:position]
         if self.out:
@@ -568,7 +586,10 @@ class _Connection(asyncio.Protocol):
         elif kind == CONTINUATION:
             if self.continuing is None or self.continuing[0] != stream_id:
                 raise _ConnectionError(PROTOCOL_ERROR, "unexpected CONTINUATION")
-            self.continuing[2].append(payload)
+            parts = self.continuing[2]
+            parts.append(payload)
+            if sum(map(len, parts)) > _HEADER_LIST_LIMIT:
+                raise _ConnectionError(ENHANCE_YOUR_CALM, "header block too large")
             if flags & END_HEADERS:
                 stream_id, end, parts = self.continuing
                 self.continuing = None

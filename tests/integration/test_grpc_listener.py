@@ -19,6 +19,7 @@ import h2.events
 import hpack
 import pytest
 
+from server.grpc import listener as listener_module
 from server.grpc.listener import GrpcListener, method_table
 from server.protocol.generated import grpc_service_pb2 as pb
 from server.protocol.generated import grpc_service_pb2_grpc as pb_grpc
@@ -451,3 +452,35 @@ async def test_keepalive_pings_close_a_silent_peer() -> None:
         assert b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" in seen  # a PING was sent
     finally:
         await listener.stop(0.1)
+
+
+async def test_an_endless_header_block_is_refused(served: Any) -> None:
+    _, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    piece = b"\x00" * 16000
+    head = struct.pack(">I", len(piece))[1:] + bytes((1, 0)) + struct.pack(">I", 1)
+    more = struct.pack(">I", len(piece))[1:] + bytes((9, 0)) + struct.pack(">I", 1)
+    writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + head + piece + (more + piece) * 8)
+    # Without END_HEADERS the block would never end: the server closes the connection (its
+    # GOAWAY may be lost to a reset, as the rest of the flood is left unread).
+    try:
+        while await asyncio.wait_for(reader.read(65536), TIMEOUT):
+            pass
+    except ConnectionResetError:
+        pass
+    writer.close()
+    channel, stub = _stub(port)
+    async with channel:
+        assert (await stub.ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT)).live
+
+
+async def test_a_connection_without_a_preface_is_closed(
+    served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, port = served
+    monkeypatch.setattr(listener_module, "_HANDSHAKE_SECS", 0.2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"PRI * HT")  # a preface that never completes
+    assert await asyncio.wait_for(reader.read(), TIMEOUT)  # the server's SETTINGS, then EOF
+    assert reader.at_eof()
+    writer.close()
