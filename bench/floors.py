@@ -12,6 +12,8 @@ process per answered request:
 - ``server listener``: this server's own HTTP listener (``server.http.server``) with an infer
   handler that returns the canned reply.
 - ``grpcio aio``: grpcio's asyncio server with a generic unary handler returning canned bytes.
+- ``server gRPC listener``: this server's own gRPC listener (``server.grpc.listener``) with a
+  ModelInfer that neither parses the request nor serializes a reply, as the grpcio one.
 
 The gap between the floor of a stack and the server's figure in bench/run.py is what the
 server's own decoding, scheduling, model and encoding cost. Results go to
@@ -111,6 +113,33 @@ async def main():
     await server.wait_for_termination()
 uvloop.run(main())
 """,
+    "server gRPC listener": """
+import asyncio, sys, uvloop
+from server.app import bind_socket
+from server.grpc.listener import GrpcListener, method_table
+from server.protocol.generated import grpc_service_pb2 as pb
+from bench import payloads
+REPLY = pb.ModelInferResponse(model_name="identity", model_version="1")
+out = REPLY.outputs.add(name="OUTPUT0", datatype="FP32", shape=[1, 16])
+REPLY.raw_output_contents.append(payloads.input_array(16).astype("<f4").tobytes())
+class Canned:
+    def SerializeToString(self):
+        return BODY
+BODY, CANNED = REPLY.SerializeToString(), Canned()
+async def infer(request, context):
+    return CANNED
+class Service:
+    def __getattr__(self, name):
+        return infer
+async def main():
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    methods = method_table([(service, Service())])
+    methods[b"/inference.GRPCInferenceService/ModelInfer"].decode = bytes
+    listener = GrpcListener(methods)
+    await listener.start(bind_socket("127.0.0.1", int(sys.argv[1])))
+    await asyncio.Event().wait()
+uvloop.run(main())
+""",
 }
 
 
@@ -140,7 +169,7 @@ def measure(name: str, seconds: float, warmup: float, workdir: Path) -> dict[str
     )
     try:
         _wait_listening(port, proc)
-        if name == "grpcio aio":
+        if "grpc" in name.lower():
             payload = payloads.build("grpc", "identity", 16)
             body = workdir / "floor.grpc"
             body.write_bytes(grpc_load.frame(payload.body))
