@@ -3,8 +3,8 @@
     .venv/bin/python bench/soak.py --minutes 10        # RSS of the server's tree under load
     .venv/bin/python bench/soak.py --model-memory      # server RSS per model vs ORT's own
 
-The soak drives HTTP JSON at concurrency 32 on the identity model through wrk in one-minute
-slices and samples the resident memory of the server's whole process tree after each; the
+The soak drives HTTP JSON (wrk) or gRPC (h2load, ``--protocol grpc``) at concurrency 32 on
+the identity model in one-minute slices and samples the resident memory of the server's whole process tree after each; the
 first minute is warm-up, and the verdict compares every later sample with the first one after
 it (flat means within 5%).
 """
@@ -22,7 +22,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import http_load, models, payloads  # noqa: E402
+from bench import grpc_load, http_load, measure, models, payloads  # noqa: E402
+from bench.scenarios import Scenario  # noqa: E402
 from bench.targets import Ours, tree_rss_bytes  # noqa: E402
 
 MB = 2**20
@@ -39,17 +40,31 @@ class _Only(Ours):
         return self._specs
 
 
-def soak(minutes: int, workdir: Path, cache: Path) -> dict[str, Any]:
+def soak(minutes: int, workdir: Path, cache: Path, protocol: str = "http-json") -> dict[str, Any]:
     server = _Only(workdir, cache, (models.IDENTITY,))
     server.start()
     try:
-        script = http_load.write_script(
-            workdir / "load", "soak", payloads.build("http-json", "identity", 16)
-        )
-        url = f"http://127.0.0.1:{server.http_port}/v2/models/identity/infer"
+        payload = payloads.build(protocol, "identity", 16)
+        if protocol == "grpc":
+            scenario = Scenario("identity", "identity", protocol, 32, ())
+            good = measure.check_answer(server, "identity", scenario)
+            body = workdir / "load" / "soak.grpc"
+            body.parent.mkdir(parents=True, exist_ok=True)
+            body.write_bytes(grpc_load.frame(payload.body))
+
+            def slice_of_load() -> dict[str, Any]:
+                log = workdir / "load" / "soak.log"
+                return grpc_load.run_h2load(server.grpc_port, body, log, 32, 60, good)
+        else:
+            script = http_load.write_script(workdir / "load", "soak", payload)
+            url = f"http://127.0.0.1:{server.http_port}/v2/models/identity/infer"
+
+            def slice_of_load() -> dict[str, Any]:
+                return http_load.run_wrk(url, script, 32, 60)
+
         samples = []
         for minute in range(minutes):
-            result = http_load.run_wrk(url, script, 32, 60)
+            result = slice_of_load()
             rss = tree_rss_bytes(server.pid) / MB
             samples.append(
                 {
@@ -66,6 +81,7 @@ def soak(minutes: int, workdir: Path, cache: Path) -> dict[str, Any]:
     base = steady[0]["rss_mb"]
     drift = max(abs(s["rss_mb"] - base) / base for s in steady)
     return {
+        "protocol": protocol,
         "samples": samples,
         "baseline_mb": base,
         "max_drift": drift,
@@ -118,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--minutes", type=int, default=10)
+    parser.add_argument("--protocol", choices=("http-json", "grpc"), default="http-json")
     parser.add_argument("--model-memory", action="store_true", help="only measure memory per model")
     parser.add_argument(
         "--cache",
@@ -131,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         result = model_memory(workdir, args.cache)
         name = "model_memory.json"
     else:
-        result = soak(args.minutes, workdir, args.cache)
-        name = "soak.json"
+        result = soak(args.minutes, workdir, args.cache, args.protocol)
+        name = "soak.json" if args.protocol == "http-json" else f"soak-{args.protocol}.json"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / name).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}))
