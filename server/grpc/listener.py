@@ -36,6 +36,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
+from server.net import no_delay
+
 log = logging.getLogger(__name__)
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -432,6 +434,7 @@ class _Connection(asyncio.Protocol):
     # --- connection -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        no_delay(transport)
         address = transport.get_extra_info("peername")
         if isinstance(address, tuple) and len(address) >= 2:
             host = address[0]
@@ -979,10 +982,12 @@ class _Connection(asyncio.Protocol):
             self.send_window -= allowed
             stream.send_window -= allowed
             chunk_size = self.peer_max_frame
+            frames: list[bytes | memoryview] = []
             for start in range(0, allowed, chunk_size):
                 chunk = view[start : min(start + chunk_size, allowed)]
-                self.write(_frame_head(DATA, 0, stream.id, len(chunk)))
-                self.write(bytes(chunk))
+                frames.append(_frame_head(DATA, 0, stream.id, len(chunk)))
+                frames.append(chunk)
+            self.write(b"".join(frames))
             view = view[allowed:]
             self._sent_data()
             await self.drain()

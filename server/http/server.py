@@ -23,6 +23,8 @@ from typing import Any
 
 import httptools
 
+from server.net import no_delay
+
 log = logging.getLogger(__name__)
 
 # Pipelined requests queued on one connection before it stops reading.
@@ -221,6 +223,7 @@ class _Connection(asyncio.Protocol):
     # --- transport callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        no_delay(transport)
         self.server.connections.add(self)
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")

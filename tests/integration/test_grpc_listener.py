@@ -16,6 +16,7 @@ import grpc
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import hpack
 import pytest
 
@@ -484,3 +485,45 @@ async def test_a_connection_without_a_preface_is_closed(
     assert await asyncio.wait_for(reader.read(), TIMEOUT)  # the server's SETTINGS, then EOF
     assert reader.at_eof()
     writer.close()
+
+
+async def test_a_response_waits_for_a_small_client_window(served: Any) -> None:
+    """The client allows 1,000 bytes per stream: a 100 KB answer goes out in pieces, each
+    after the window update that pays for it, and arrives whole."""
+    _, _, port = served
+    client = await RawClient.open(port)
+    try:
+        client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
+        client.flush()
+        await client.until(h2.events.SettingsAcknowledged)
+        payload = bytes(range(256)) * 400
+        request = pb.ModelInferRequest(model_name="small-window", raw_input_contents=[payload])
+        client.conn.send_headers(1, client.request_headers())
+        client.conn.send_data(1, _message(request), end_stream=True)
+        client.flush()
+        data = b""
+        pieces = 0
+        while len(data) < 5 or len(data) < 5 + int.from_bytes(data[1:5], "big"):
+            piece = (await client.until(h2.events.DataReceived)).data
+            assert len(piece) <= 1000
+            data += piece
+            pieces += 1
+        assert pieces > 100
+        reply = pb.ModelInferResponse.FromString(data[5:])
+        assert reply.raw_output_contents[0] == payload
+        trailers = await client.until(h2.events.TrailersReceived)
+        assert dict(trailers.headers)[b"grpc-status"] == b"0"
+    finally:
+        client.close()
+
+
+async def test_accepted_connections_send_small_writes_at_once(served: Any) -> None:
+    listener, _, port = served
+    client = await RawClient.open(port)
+    try:
+        await client.until(h2.events.RemoteSettingsChanged)
+        (connection,) = listener.connections
+        sock = connection.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        client.close()

@@ -5,6 +5,7 @@ answered, and shutdown with a request in flight."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -153,3 +154,20 @@ async def test_shutdown_lets_the_request_in_flight_finish_then_closes(
     await asyncio.wait_for(closing, timeout=5.0)
     assert not server.connections
     writer.close()
+
+
+async def test_accepted_connections_send_small_writes_at_once(
+    listener: tuple[HttpServer, int],
+) -> None:
+    """TCP_NODELAY on every accepted connection, whichever event loop runs the listener
+    (this test runs on asyncio's own loop, which does not set it)."""
+    server, port = listener
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        assert (await _read_response(reader))[0] == 200
+        (connection,) = server.connections
+        sock = connection.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        writer.close()
