@@ -511,7 +511,8 @@ class _Connection(asyncio.Protocol):
             self.write(data)
 
     def _sent_data(self) -> None:
-        # As grpc does: answering resets the ping-policing clock and the pings allowed.
+        # As grpc does: sending headers or data resets the ping-policing clock and the
+        # keepalive pings allowed.
         self.pings_without_data = 0
         self.ping_strikes = 0
         self.last_ping = float("-inf")
@@ -1015,6 +1016,7 @@ class _Connection(asyncio.Protocol):
         else:
             block = _OK_HEAD + _status_block(number, details)  # a trailers-only response
         self.send(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
+        self._sent_data()
         self._closed_locally(stream)
 
     def _http_error(self, stream: _Stream, status: bytes, details: bytes) -> None:

@@ -527,3 +527,26 @@ async def test_accepted_connections_send_small_writes_at_once(served: Any) -> No
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         client.close()
+
+
+async def test_pings_between_answered_calls_are_not_strikes(served: Any) -> None:
+    """Each answer, an error's trailers included, resets ping policing, as in grpc: a client
+    that pings between its calls is never told it pings too often."""
+    _, _, port = served
+    client = await RawClient.open(port)
+    try:
+        for index in range(5):
+            client.conn.ping(b"ping%04d" % index)
+            client.flush()
+            await client.until(h2.events.PingAckReceived)
+            stream_id = 1 + 2 * index
+            client.conn.send_headers(stream_id, client.request_headers("/no.Such/Method"))
+            client.conn.send_data(stream_id, b"\x00\x00\x00\x00\x00", end_stream=True)
+            client.flush()
+            trailers = await client.until(
+                h2.events.ResponseReceived, lambda e, sid=stream_id: e.stream_id == sid
+            )
+            assert dict(trailers.headers)[b"grpc-status"] == b"12"  # UNIMPLEMENTED
+        assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in client.events)
+    finally:
+        client.close()
