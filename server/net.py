@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any
 
@@ -16,3 +17,36 @@ def no_delay(transport: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+
+
+class WriteFlow:
+    """Write-side flow control for an ``asyncio.Protocol``: the transport calls
+    ``pause_writing`` and ``resume_writing`` around its high-water mark, and ``drain`` waits
+    while writes are paused and the transport is open. ``stop_flow`` (from
+    ``connection_lost``) wakes every waiter."""
+
+    transport: Any
+    write_paused = False
+    _drained: asyncio.Future[None] | None = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_writers()
+
+    def stop_flow(self) -> None:
+        self.write_paused = False
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    async def drain(self) -> None:
+        if self.write_paused and not self.transport.is_closing():
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            await self._drained

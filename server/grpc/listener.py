@@ -37,7 +37,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
-from server.net import no_delay
+from server.net import WriteFlow, no_delay
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +402,7 @@ class _Stream:
         return out
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(WriteFlow, asyncio.Protocol):
     def __init__(self, listener: GrpcListener) -> None:
         self.listener = listener
         self.loop = asyncio.get_running_loop()
@@ -421,8 +421,6 @@ class _Connection(asyncio.Protocol):
         self.received = 0
         self.out: list[bytes] = []
         self.reading = False
-        self.paused = False
-        self.drained: asyncio.Future[None] | None = None
         self.going_away = False
         self.closed = False
         self.blocked: set[_Stream] = set()
@@ -481,23 +479,7 @@ class _Connection(asyncio.Protocol):
         for stream in list(self.streams.values()):
             self._cancel_stream(stream)
         self.streams.clear()
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
-        self.drained = None
-
-    async def drain(self) -> None:
-        if self.paused and not self.closed:
-            if self.drained is None:
-                self.drained = self.loop.create_future()
-            await self.drained
+        self.stop_flow()
 
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
@@ -947,7 +929,7 @@ class _Connection(asyncio.Protocol):
             size <= self.send_window
             and size <= stream.send_window
             and size <= self.peer_max_frame
-            and not self.paused
+            and not self.write_paused
         ):
             # One write for the whole response: headers, the message and, for a unary call,
             # the trailers.

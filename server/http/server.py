@@ -23,7 +23,7 @@ from typing import Any
 
 import httptools
 
-from server.net import no_delay
+from server.net import WriteFlow, no_delay
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class HttpServer:
             await self._server.wait_closed()
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(WriteFlow, asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
@@ -215,8 +215,6 @@ class _Connection(asyncio.Protocol):
         # Bytes of the current request's head (request line and headers) seen so far.
         self.head_bytes = -1
         self.lost: asyncio.Future[None] | None = None
-        self.write_paused = False
-        self.drained: asyncio.Future[None] | None = None
         self.client: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
 
@@ -236,8 +234,7 @@ class _Connection(asyncio.Protocol):
         self.server._forget(self)
         if self.lost is not None and not self.lost.done():
             self.lost.set_result(None)
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
+        self.stop_flow()
         if self.task is not None and self.answering_infer:
             # The client went away: withdraw the queued request rather than run it for nobody.
             self.task.cancel()
@@ -275,14 +272,6 @@ class _Connection(asyncio.Protocol):
             self.transport.write(_BAD_REQUEST)
             self.transport.close()
         self.closing = True
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
 
     # --- parser callbacks ---------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -436,11 +425,6 @@ class _Connection(asyncio.Protocol):
         if self.lost is None:
             self.lost = self.loop.create_future()
         await self.lost
-
-    async def drain(self) -> None:
-        if self.write_paused and not self.closing:
-            self.drained = self.loop.create_future()
-            await self.drained
 
 
 class _Bridge:

@@ -105,6 +105,13 @@ def _stub(port: int, **options: Any) -> tuple[grpc.aio.Channel, Any]:
     return channel, pb_grpc.GRPCInferenceServiceStub(channel)
 
 
+async def _still_serving(port: int) -> None:
+    """A fresh client gets an answer: whatever the test did left the listener serving."""
+    channel, stub = _stub(port)
+    async with channel:
+        assert (await stub.ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT)).live
+
+
 async def test_unary_calls_and_errors_keep_the_connection_serving(served: Any) -> None:
     _, _, port = served
     channel, stub = _stub(port)
@@ -409,9 +416,7 @@ async def test_protocol_errors_close_only_that_connection(served: Any, garbage: 
         seen += data
     writer.close()
     assert b"\x07\x00\x00\x00\x00\x00" in seen  # a GOAWAY frame before the close
-    channel, stub = _stub(port)
-    async with channel:
-        assert (await stub.ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT)).live
+    await _still_serving(port)
 
 
 async def test_stop_lets_a_call_in_flight_finish_and_refuses_new_ones(served: Any) -> None:
@@ -470,9 +475,7 @@ async def test_an_endless_header_block_is_refused(served: Any) -> None:
     except ConnectionResetError:
         pass
     writer.close()
-    channel, stub = _stub(port)
-    async with channel:
-        assert (await stub.ServerLive(pb.ServerLiveRequest(), timeout=TIMEOUT)).live
+    await _still_serving(port)
 
 
 async def test_a_connection_without_a_preface_is_closed(

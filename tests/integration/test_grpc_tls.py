@@ -45,17 +45,21 @@ def _inputs() -> list[grpcclient.InferInput]:
     return [tensor]
 
 
-def test_server_certificate(tmp_path: Path, pki: dict[str, Path]) -> None:
-    copy_bundled_model(tmp_path, "identity_fp32")
-    args = [
+def _tls_args(repo: Path, pki: dict[str, Path], mode: str) -> list[str]:
+    copy_bundled_model(repo, "identity_fp32")
+    return [
         "--model-repository",
-        str(tmp_path),
-        "--grpc-use-ssl",
+        str(repo),
+        mode,
         "--grpc-server-cert",
         str(pki["server_cert"]),
         "--grpc-server-key",
         str(pki["server_key"]),
     ]
+
+
+def test_server_certificate(tmp_path: Path, pki: dict[str, Path]) -> None:
+    args = _tls_args(tmp_path, pki, "--grpc-use-ssl")
     with run_server(args, services=("http", "grpc")) as server:
         with grpcclient.InferenceServerClient(
             server.grpc_url, ssl=True, root_certificates=str(pki["ca"])
@@ -74,18 +78,8 @@ def test_server_certificate(tmp_path: Path, pki: dict[str, Path]) -> None:
 
 
 async def test_mutual_tls(tmp_path: Path, pki: dict[str, Path]) -> None:
-    copy_bundled_model(tmp_path, "identity_fp32")
-    args = [
-        "--model-repository",
-        str(tmp_path),
-        "--grpc-use-ssl-mutual",
-        "--grpc-server-cert",
-        str(pki["server_cert"]),
-        "--grpc-server-key",
-        str(pki["server_key"]),
-        "--grpc-root-cert",
-        str(pki["ca"]),
-    ]
+    args = _tls_args(tmp_path, pki, "--grpc-use-ssl-mutual")
+    args += ["--grpc-root-cert", str(pki["ca"])]
     with run_server(args, services=("http", "grpc")) as server:
         async with aioclient.InferenceServerClient(
             server.grpc_url,
