@@ -35,9 +35,9 @@ _DATA_ONLY = ("data",)
 RAW_INPUT = "raw_input"
 
 
-def parse_json(buffer: bytes | memoryview) -> Any:
+def parse_json(buffer: bytes | memoryview, infer: bool = False) -> Any:
     try:
-        return json_errors.loads(buffer)
+        return json_errors.loads_infer(buffer) if infer else json_errors.loads(buffer)
     except json_errors.JsonSyntaxError as exc:
         raise internal(f"failed to parse the request JSON buffer: {exc}") from None
 
@@ -74,7 +74,7 @@ def decode_infer_request(
         header, binary = view, view[len(view) :]
     else:
         header, binary = view[:header_len], view[header_len:]
-    document = parse_json(header)
+    document = parse_json(header, infer=True)
     request = InferRequest(model_name=model_name, model_version=model_version)
     if not isinstance(document, dict):
         raise _missing("inputs")

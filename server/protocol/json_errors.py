@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import orjson
+import simdjson
 
 _WS = b" \t\n\r"
 _SHORT_INF = re.compile(rb"Inf(?!inity)")
@@ -62,6 +63,65 @@ def loads(buffer: bytes | memoryview) -> Any:
         raise JsonSyntaxError(TOO_DEEP, 0) from None
     except ValueError:  # "Inf", which RapidJSON takes and the standard parser does not
         return json.loads(_SHORT_INF.sub(b"Infinity", data), parse_constant=_constant)
+
+
+# Below this size orjson builds the whole document faster than simdjson's proxies do.
+LAZY_MIN_BYTES = 2048
+
+
+def loads_infer(buffer: bytes | memoryview) -> Any:
+    """``loads`` for an inference request. A large valid document is parsed by simdjson, and
+    each input's ``data`` array is left a simdjson Array, which ``json_tensor`` reads into
+    numbers without a Python object per element. Anything simdjson refuses (NaN, integers
+    beyond 64 bits, a syntax error) goes through ``loads``, which decides and words it."""
+    if len(buffer) >= LAZY_MIN_BYTES:
+        try:
+            document = simdjson.Parser().parse(buffer)
+            if isinstance(document, simdjson.Object):
+                return _lazy_inputs(document)
+        except Exception:  # noqa: BLE001 - every refusal is decided again below
+            pass
+    return loads(buffer)
+
+
+class _RepeatedKey(Exception):
+    pass
+
+
+def _lazy_inputs(document: simdjson.Object) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key in document:
+        if key in result:
+            # simdjson finds a repeated key's first value, loads keeps its last.
+            raise _RepeatedKey
+        value = document[key]
+        if key == "inputs" and isinstance(value, simdjson.Array):
+            result[key] = [_lazy_input(item) for item in value]
+        else:
+            result[key] = _plain(value)
+    return result
+
+
+def _lazy_input(item: Any) -> Any:
+    if not isinstance(item, simdjson.Object):
+        return _plain(item)
+    fields: dict[str, Any] = {}
+    for key in item:
+        if key in fields:
+            raise _RepeatedKey
+        value = item[key]
+        fields[key] = (
+            value if key == "data" and isinstance(value, simdjson.Array) else _plain(value)
+        )
+    return fields
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
 
 
 def _constant(token: str) -> float:

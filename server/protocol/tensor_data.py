@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 import struct
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
+import simdjson
 
 from server.errors import internal, invalid_arg
 from server.tensors import BYTES, NUMPY_DTYPES, element_count
@@ -24,11 +25,25 @@ _SIGNED = ("INT8", "INT16", "INT32", "INT64")
 _UNSIGNED = ("UINT8", "UINT16", "UINT32", "UINT64")
 _FLOATS = ("FP32", "FP64")
 _LENGTH = struct.Struct("<I")
+# How simdjson reads a numeric array straight into a buffer, and the width it reads into.
+_BUFFER_KIND: dict[str, tuple[Literal["d", "i", "u"], type[np.generic]]] = {
+    **{t: ("d", np.float64) for t in _FLOATS},
+    **{t: ("i", np.int64) for t in _SIGNED},
+    **{t: ("u", np.uint64) for t in _UNSIGNED},
+}
 
 
 def json_tensor(data: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
     """``data`` of one JSON input as a flat-then-reshaped array; BYTES stays flat (its count is
-    checked later, with the model's name in the message)."""
+    checked later, with the model's name in the message). ``data`` is a list, or a simdjson
+    Array from ``json_errors.loads_infer`` whose numbers are read without a Python object each;
+    an array that does not read as the datatype's numbers takes the list path and its errors."""
+    if isinstance(data, simdjson.Array):
+        array = _numbers(data, datatype)
+        if array is None:
+            data = data.as_list()
+        else:
+            return _shaped(array, shape)
     if not isinstance(data, list):
         raise internal("Unable to parse 'data': attempt to access JSON non-array as array")
     kinds = set(map(type, data))
@@ -43,12 +58,30 @@ def json_tensor(data: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
         array = np.empty(len(data), dtype=object)
         array[:] = [item.encode("utf-8") for item in data]
         return array
-    array = _typed(data, kinds, datatype)
+    return _shaped(_typed(data, kinds, datatype), shape)
+
+
+def _shaped(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     # Triton counts the elements of an empty shape as zero, not one.
     expected = element_count(shape) if shape else 0
     if array.size != expected:
         raise internal("Unable to parse 'data': Shape does not match true shape of 'data' field")
     return array.reshape(shape) if shape else array
+
+
+def _numbers(data: simdjson.Array, datatype: str) -> np.ndarray | None:
+    """The (nested) array's numbers as the datatype, or None when an element is not a number
+    of the kind the datatype reads (a boolean, a string, a float for an integer type) or
+    does not fit 64 bits; the list path then words the error."""
+    kind = _BUFFER_KIND.get(datatype)
+    if kind is None:
+        return None
+    try:
+        buffer = data.as_buffer(of_type=kind[0])
+    except (TypeError, ValueError):
+        return None
+    with np.errstate(over="ignore"):
+        return np.frombuffer(buffer, dtype=kind[1]).astype(NUMPY_DTYPES[datatype])
 
 
 def _typed(data: list[Any], kinds: set[type], datatype: str) -> np.ndarray:

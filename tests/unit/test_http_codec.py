@@ -1,5 +1,9 @@
 """The HTTP codec without sockets: JSON and binary requests, raw requests, responses, and the
-RapidJSON-worded syntax errors."""
+RapidJSON-worded syntax errors.
+
+Every test runs twice: with every request document parsed by orjson into Python lists, and
+with every one parsed by simdjson, whose ``data`` arrays are read into numbers directly (what
+large documents get). Both must give the same arrays and the same errors."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import struct
 
 import numpy as np
 import pytest
+import simdjson
 
 from server.errors import Code, ServerError
 from server.protocol import json_errors
@@ -21,6 +26,14 @@ from server.protocol.http_codec import (
 )
 from server.repository.view import ModelView, TensorSpec
 from server.types import InferRequest, InferResponse, OutputTensor
+
+
+@pytest.fixture(autouse=True, params=["orjson", "simdjson"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(
+        json_errors, "LAZY_MIN_BYTES", 0 if request.param == "simdjson" else 1 << 62
+    )
+    return str(request.param)
 
 
 def view(
@@ -63,9 +76,10 @@ def error_of(call: object) -> ServerError:
     ],
 )
 def test_syntax_errors_are_worded_like_rapidjson(text: bytes, message: str) -> None:
-    error = error_of(lambda: parse_json(text))
-    assert error.code == Code.INTERNAL
-    assert error.message == f"failed to parse the request JSON buffer: {message}"
+    for infer in (False, True):
+        error = error_of(lambda: parse_json(text, infer=infer))  # noqa: B023
+        assert error.code == Code.INTERNAL
+        assert error.message == f"failed to parse the request JSON buffer: {message}"
 
 
 def test_nan_and_infinities_are_accepted() -> None:
@@ -193,6 +207,128 @@ def test_wrong_json_elements_are_internal_errors(
         )
     )
     assert (error.code, error.message) == (Code.INTERNAL, words)
+
+
+def decode_text(text: bytes) -> InferRequest:
+    return decode_infer_request(text, None, "m", "")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "dtype"),
+    [
+        # Ragged nesting is flattened before the count is checked, as Triton walks it.
+        (
+            b'{"inputs":[{"name":"A","datatype":"FP32","shape":[3],"data":[[1],[2,3]]}]}',
+            [1.0, 2.0, 3.0],
+            np.float32,
+        ),
+        (
+            b'{"inputs":[{"name":"A","datatype":"INT16","shape":[3],"data":[[1,[-2]],3]}]}',
+            [1, -2, 3],
+            np.int16,
+        ),
+        # NaN and integers beyond 64 bits are refused by simdjson and decided by loads.
+        (
+            b'{"inputs":[{"name":"A","datatype":"FP64","shape":[2],"data":[NaN,1]}]}',
+            [math.nan, 1.0],
+            np.float64,
+        ),
+        (
+            b'{"inputs":[{"name":"A","datatype":"FP32","shape":[2],'
+            b'"data":[123456789012345678901234567890,1]}]}',
+            [np.float32(1.2345679e29), 1.0],
+            np.float32,
+        ),
+        # A repeated key keeps its last value.
+        (
+            b'{"inputs":[{"name":"A","datatype":"FP32","shape":[2],"data":[1,2],"data":[3,4]}]}',
+            [3.0, 4.0],
+            np.float32,
+        ),
+        (
+            b'{"inputs":[{"name":"A","datatype":"FP32","shape":[1],"data":[1]}],'
+            b'"inputs":[{"name":"A","datatype":"FP32","shape":[1],"data":[9]}]}',
+            [9.0],
+            np.float32,
+        ),
+        (
+            b'{"inputs":[{"name":"A","datatype":"UINT64","shape":[2],'
+            b'"data":[18446744073709551615,0]}]}',
+            [2**64 - 1, 0],
+            np.uint64,
+        ),
+        (
+            b'{"inputs":[{"name":"A","datatype":"INT64","shape":[1],"data":[-9223372036854775808]}]}',
+            [-(2**63)],
+            np.int64,
+        ),
+        (b'{"inputs":[{"name":"A","datatype":"FP32","shape":[0],"data":[]}]}', [], np.float32),
+    ],
+)
+def test_json_data_reads_the_same_through_either_parser(
+    text: bytes, expected: list[object], dtype: type
+) -> None:
+    data = decode_text(text).inputs[0].data
+    assert data.dtype == dtype
+    assert data.flags.writeable, "a model may write to its inputs"
+    np.testing.assert_array_equal(data, np.array(expected, dtype=dtype))
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (
+            b'{"inputs":[{"name":"A","datatype":"FP32","shape":[1],"data":5}]}',
+            "Unable to parse 'data': attempt to access JSON non-array as array",
+        ),
+        (
+            b'{"inputs":[{"name":"A","datatype":"FP32","shape":[1],"data":{"x":[1]}}]}',
+            "Unable to parse 'data': attempt to access JSON non-array as array",
+        ),
+        (
+            b'{"inputs":[{"name":"A","datatype":"FP32","shape":[2],"data":[1.5,"2"]}]}',
+            "Unable to parse 'data': attempt to access JSON non-number as double",
+        ),
+        (
+            b'{"inputs":[{"name":"A","datatype":"FP32","shape":[2],"data":[1.5,null]}]}',
+            "Unable to parse 'data': attempt to access JSON non-number as double",
+        ),
+        (
+            b'{"inputs":[{"name":"A","datatype":"INT8","shape":[2],"data":[1,true]}]}',
+            "Unable to parse 'data': attempt to access JSON non-signed-integer as signed-integer",
+        ),
+        (
+            b'{"inputs":[{"name":"A","datatype":"UINT8","shape":[2],"data":[1,[-1]]}]}',
+            "Unable to parse 'data': attempt to access JSON non-unsigned-integer as unsigned-integer",
+        ),
+        (
+            b'{"inputs":[{"name":"A","datatype":"INT32","shape":[3],"data":[[1,2],[3,4]]}]}',
+            "Unable to parse 'data': Shape does not match true shape of 'data' field",
+        ),
+    ],
+)
+def test_json_data_errors_are_the_same_through_either_parser(text: bytes, words: str) -> None:
+    error = error_of(lambda: decode_text(text))
+    assert (error.code, error.message) == (Code.INTERNAL, words)
+
+
+def test_large_documents_read_data_without_python_numbers(parser: str) -> None:
+    values = np.linspace(-1, 1, 600, dtype=np.float32)
+    text = json.dumps(
+        {"inputs": [{"name": "A", "datatype": "FP32", "shape": [600], "data": values.tolist()}]}
+    ).encode()
+    document = json_errors.loads_infer(text)
+    data = document["inputs"][0]["data"]
+    assert isinstance(data, simdjson.Array if parser == "simdjson" else list)
+    np.testing.assert_array_equal(decode_text(text).inputs[0].data, values)
+
+
+def test_large_documents_take_the_fast_parser_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()
+    small = b'{"inputs":[{"name":"A","datatype":"FP32","shape":[1],"data":[1]}]}'
+    large = small.replace(b"[1]}", b"[1]" + b" " * json_errors.LAZY_MIN_BYTES + b"}")
+    assert isinstance(json_errors.loads_infer(small)["inputs"][0]["data"], list)
+    assert isinstance(json_errors.loads_infer(large)["inputs"][0]["data"], simdjson.Array)
 
 
 def test_bytes_count_is_checked_with_the_model_name() -> None:
