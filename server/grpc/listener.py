@@ -401,6 +401,11 @@ class _Stream:
         del buffer[:position]
         return out
 
+    def incomplete_length(self) -> int:
+        """The declared length of the message being received, once its prefix is in."""
+        partial = self.partial
+        return int.from_bytes(partial[1:5], "big") if len(partial) >= 5 else 0
+
 
 class _Connection(WriteFlow, asyncio.Protocol):
     def __init__(self, listener: GrpcListener) -> None:
@@ -796,12 +801,7 @@ class _Connection(WriteFlow, asyncio.Protocol):
             self._reset(stream, FLOW_CONTROL_ERROR)
             return
         if stream.inbox is None and stream.received > MAX_MESSAGE_BYTES + 5:
-            self._finish(
-                stream,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"Received message larger than max ({stream.received - 5} vs. {MAX_MESSAGE_BYTES})",
-            )
-            self._cancel_stream(stream)
+            self._too_large(stream, stream.received - 5)
             return
         if stream.received - stream.unacked >= _STREAM_WINDOW // 2 and not flags & END_STREAM:
             increment = stream.received - stream.unacked
@@ -810,11 +810,26 @@ class _Connection(WriteFlow, asyncio.Protocol):
         if stream.inbox is not None:
             if payload:
                 for message in stream.messages(payload):
+                    if len(message) - 5 > MAX_MESSAGE_BYTES:
+                        self._too_large(stream, len(message) - 5)
+                        return
                     stream.inbox.put_nowait(message)
+                declared = stream.incomplete_length()
+                if declared > MAX_MESSAGE_BYTES:
+                    self._too_large(stream, declared)
+                    return
         elif payload:
             stream.body.append(payload)
         if flags & END_STREAM:
             self._end_remote(stream)
+
+    def _too_large(self, stream: _Stream, size: int) -> None:
+        self._finish(
+            stream,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"Received message larger than max ({size} vs. {MAX_MESSAGE_BYTES})",
+        )
+        self._cancel_stream(stream)
 
     def _end_remote(self, stream: _Stream) -> None:
         stream.remote_closed = True

@@ -195,6 +195,57 @@ async def test_large_messages_cross_the_flow_control_windows(served: Any) -> Non
         assert reply.raw_output_contents[0] == big
 
 
+async def test_messages_over_the_limit_are_refused_unary_and_streaming(
+    served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the message limit (2 GB, here lowered) a unary call and a stream end with
+    RESOURCE_EXHAUSTED in grpc's words. A stream is refused as soon as the oversized
+    message's length prefix arrives, before its bytes are buffered."""
+    _, servicer, port = served
+    monkeypatch.setattr(listener_module, "MAX_MESSAGE_BYTES", 1000)
+    big = pb.ModelInferRequest(id="big", raw_input_contents=[b"x" * 2000])
+    size = big.ByteSize()
+    words = f"Received message larger than max ({size} vs. 1000)"
+    channel, stub = _stub(port)
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await stub.ModelInfer(big, timeout=TIMEOUT)
+        assert (unary.value.code(), unary.value.details()) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            words,
+        )
+        call = stub.ModelStreamInfer(timeout=TIMEOUT)
+        await call.write(pb.ModelInferRequest(id="small"))
+        first = await call.read()
+        assert first.infer_response.id == "small"
+        await call.write(big)
+        with pytest.raises(grpc.aio.AioRpcError) as streamed:
+            await call.read()
+        assert (streamed.value.code(), streamed.value.details()) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            words,
+        )
+    assert servicer.stream_seen == ["small"]
+
+    # Only the prefix of a message declared at 2 GB + 1: refused without waiting for it.
+    client = await RawClient.open(port)
+    try:
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(
+            stream_id, client.request_headers("/inference.GRPCInferenceService/ModelStreamInfer")
+        )
+        client.conn.send_data(stream_id, b"\x00" + (2**31).to_bytes(4, "big"))
+        client.flush()
+        # A trailers-only answer: the one header block carries the status.
+        ended = await client.until(h2.events.ResponseReceived)
+        trailers = dict(ended.headers)
+        assert trailers[b"grpc-status"] == b"8"
+        assert b"larger than max (2147483648 vs. 1000)" in trailers[b"grpc-message"]
+    finally:
+        client.close()
+    await _still_serving(port)
+
+
 @pytest.mark.parametrize("algorithm", [grpc.Compression.Gzip, grpc.Compression.Deflate])
 async def test_compressed_requests_and_responses(served: Any, algorithm: grpc.Compression) -> None:
     _, _, port = served
