@@ -8,7 +8,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -19,6 +18,7 @@ from server.http import compression
 from server.http.errors import error_response, status_of
 from server.http.server import Reply
 from server.http.server import Request as HttpRequest
+from server.protocol import json_errors
 from server.protocol.http_codec import (
     decode_infer_request,
     decode_raw_request,
@@ -35,7 +35,7 @@ HEADER_LENGTH = "inference-header-content-length"
 
 
 def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type=JSON)
+    return Response(json_errors.dumps(payload), status_code=status, media_type=JSON)
 
 
 def _empty(ok: bool) -> Response:
@@ -247,7 +247,7 @@ class InferEndpoint:
                 exc.error, [(b"accept-encoding", compression.ACCEPT_ENCODING.encode())]
             )
         except StarletteHTTPException as exc:
-            return Reply(exc.status_code, orjson.dumps({"error": exc.detail}))
+            return Reply(exc.status_code, json_errors.dumps({"error": exc.detail}))
 
     async def answer_request(self, request: HttpRequest, model: str, version: str | None) -> Reply:
         """The HTTP listener's entry point."""
@@ -258,7 +258,9 @@ class InferEndpoint:
 
     @staticmethod
     def error(exc: ServerError, headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
-        return Reply(status_of(exc.code), orjson.dumps({"error": exc.message}), headers=headers)
+        return Reply(
+            status_of(exc.code), json_errors.dumps({"error": exc.message}), headers=headers
+        )
 
     async def _answer(
         self, body: bytes, header: Callable[[str], str | None], model: str, version: str | None

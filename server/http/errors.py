@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import orjson
 from starlette.responses import Response
 
 from server.errors import Code, ServerError
+from server.protocol import json_errors
 
 HTTP_STATUS = {
     Code.INTERNAL: 500,
@@ -21,7 +21,7 @@ def status_of(code: Code) -> int:
 
 def error_response(error: ServerError, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        orjson.dumps({"error": error.message}),
+        json_errors.dumps({"error": error.message}),
         status_code=status_of(error.code),
         media_type="application/json",
         headers=headers,

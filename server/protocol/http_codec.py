@@ -298,7 +298,7 @@ def encode_infer_response(
     if response.parameters:
         document["parameters"] = response.parameters
     document["outputs"] = outputs_json
-    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    header = json_errors.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)

@@ -16,7 +16,7 @@ import orjson
 import simdjson
 
 _WS = b" \t\n\r"
-_SHORT_INF = re.compile(rb"Inf(?!inity)")
+_SHORT_INF = re.compile(r'"(?:[^"\\]|\\.)*"|Inf(?!inity)')
 _ESCAPES = b'"\\/bfnrtu'
 _DIGITS = b"0123456789"
 _HEX = b"0123456789abcdefABCDEF"
@@ -30,6 +30,7 @@ MISS_COMMA_OBJECT = "Missing a comma or '}' after an object member."
 MISS_COMMA_ARRAY = "Missing a comma or ']' after an array element."
 BAD_UNICODE_HEX = "Incorrect hex digit after \\u escape in string."
 BAD_ESCAPE = "Invalid escape character in string."
+BAD_SURROGATE = "The surrogate pair in string is invalid."
 MISS_QUOTE = "Missing a closing quotation mark in string."
 BAD_ENCODING = "Invalid encoding in string."
 MISS_FRACTION = "Miss fraction part in number."
@@ -56,13 +57,46 @@ def loads(buffer: bytes | memoryview) -> Any:
         _Scanner(data).document()
     except RecursionError:
         raise JsonSyntaxError(TOO_DEEP, 0) from None
-    # Valid for RapidJSON but not for orjson: NaN and the infinities.
+    # Valid for RapidJSON but not for orjson: NaN and the infinities, and bytes that are not
+    # UTF-8, which RapidJSON passes through as Triton runs it (without validating encoding)
+    # and which become U+FFFD here.
+    text = data.decode("utf-8", "replace")
     try:
-        return json.loads(data, parse_constant=_constant)
+        return json.loads(text, parse_constant=_constant)
     except RecursionError:
         raise JsonSyntaxError(TOO_DEEP, 0) from None
     except ValueError:  # "Inf", which RapidJSON takes and the standard parser does not
-        return json.loads(_SHORT_INF.sub(b"Infinity", data), parse_constant=_constant)
+        return json.loads(_SHORT_INF.sub(_long_inf, text), parse_constant=_constant)
+
+
+def _long_inf(match: re.Match[str]) -> str:
+    # Strings are matched whole so that an "Inf" inside one is left alone.
+    return "Infinity" if match.group(0) == "Inf" else match.group(0)
+
+
+def dumps(value: Any, option: int = 0) -> bytes:
+    """orjson's encoding of ``value``. A string holding a lone surrogate (from a ``\\udc00``
+    escape, which RapidJSON takes) is written as Triton writes it: the surrogate's three
+    bytes, which Python's json module reads back."""
+    try:
+        return orjson.dumps(value, option=option)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_with_surrogates(value), option=option)
+
+
+def _with_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(value, ensure_ascii=False)
+            return orjson.Fragment(text.encode("utf-8", "surrogatepass"))
+        return value
+    if isinstance(value, dict):
+        return {key: _with_surrogates(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_with_surrogates(item) for item in value]
+    return value
 
 
 # Below this size orjson builds the whole document faster than simdjson's proxies do.
@@ -198,14 +232,28 @@ class _Scanner:
                     self.fail(BAD_ESCAPE, escape_at)
                 self.pos += 1
                 if e == ord("u"):
-                    for _ in range(4):
-                        if self.peek() not in _HEX or self.pos >= len(data):
-                            self.fail(BAD_UNICODE_HEX, escape_at)
-                        self.pos += 1
+                    code = self.hex4(escape_at)
+                    # A high surrogate must be followed by an escaped low one; a low one
+                    # alone is taken (and written back as its three bytes, see dumps).
+                    if 0xD800 <= code <= 0xDBFF:
+                        if data[self.pos : self.pos + 2] != b"\\u":
+                            self.fail(BAD_SURROGATE, escape_at)
+                        self.pos += 2
+                        if not 0xDC00 <= self.hex4(escape_at) <= 0xDFFF:
+                            self.fail(BAD_SURROGATE, escape_at)
             elif c < 0x20:
                 self.fail(BAD_ENCODING)
             else:
                 self.pos += 1
+
+    def hex4(self, escape_at: int) -> int:
+        data = self.data
+        digits = data[self.pos : self.pos + 4]
+        for index in range(4):
+            if index >= len(digits) or digits[index] not in _HEX:
+                self.fail(BAD_UNICODE_HEX, escape_at)
+        self.pos += 4
+        return int(digits, 16)
 
     def obj(self) -> None:
         self.pos += 1

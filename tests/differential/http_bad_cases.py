@@ -36,6 +36,10 @@ def invalid_cases() -> list[tuple[str, str, bytes | None, dict[str, str]]]:
     add("missing-colon", "simple", b'{"inputs" []}')
     add("bad-escape", "simple", b'{"in\\qputs": []}')
     add("json-array-document", "simple", b"[1,2]")
+    # Surrogate escapes: a high one must be followed by an escaped low one.
+    add("lone-high-surrogate", "id_fp32", b'{"id":"\\ud800","inputs":[]}')
+    add("lone-low-surrogate", "id_fp32", b'{"id":"\\udc00","inputs":[]}')
+    add("high-surrogate-then-letter", "id_fp32", b'{"id":"\\ud800\\u0041","inputs":[]}')
     add("no-inputs", "simple", J({}))
     add("inputs-not-array", "simple", J({"inputs": {}}))
     add("input-not-object", "id_fp32", J({"inputs": [5]}))

@@ -33,6 +33,15 @@ def valid_cases() -> list[tuple[str, str, bytes | None, dict[str, str]]]:
 
     # Valid requests.
     add("json", "simple", J({"id": "abc", "inputs": simple_inputs()}))
+    # An id with a lone low surrogate escape is taken and echoed as its three bytes; NaN,
+    # Inf and a string "Inf" take the slower parse.
+    add("lone-low-surrogate-id", "simple", J({"id": "a\udc00b", "inputs": simple_inputs()}))
+    add(
+        "inf-values-and-string",
+        "id_fp32",
+        b'{"id":"Inf","inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,3],'
+        b'"data":[Inf,-Inf,NaN]}]}',
+    )
     add(
         "json-one-output",
         "simple",

@@ -459,6 +459,16 @@ CASES: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
         500,
         "failed to parse the request JSON buffer: The document nests deeper than 1000 levels. at 0",
     ),
+    (
+        # tritonserver echoes the byte as it came, which makes its answer invalid UTF-8;
+        # here it becomes U+FFFD.
+        "non-utf8-name",
+        "id_fp32",
+        b'{"inputs":[{"name":"IN\xffX","datatype":"FP32","shape":[1,1],"data":[1]}]}',
+        {},
+        400,
+        "unexpected inference input 'IN\ufffdX' for model 'id_fp32'",
+    ),
 ]
 
 

@@ -73,6 +73,9 @@ def error_of(call: object) -> ServerError:
         (b"1e", "Miss exponent in number. at 2"),
         (b"{} {}", "The document root must not be followed by other values. at 3"),
         (b"-", "Invalid value. at 0"),
+        (b'["\\ud800"]', "The surrogate pair in string is invalid. at 2"),
+        (b'["\\ud800\\u0041"]', "The surrogate pair in string is invalid. at 2"),
+        (b'["\\ud800\\u00G1"]', "Incorrect hex digit after \\u escape in string. at 2"),
     ],
 )
 def test_syntax_errors_are_worded_like_rapidjson(text: bytes, message: str) -> None:
@@ -85,6 +88,27 @@ def test_syntax_errors_are_worded_like_rapidjson(text: bytes, message: str) -> N
 def test_nan_and_infinities_are_accepted() -> None:
     values = json_errors.loads(b"[NaN, Infinity, -Infinity, -Inf]")
     assert math.isnan(values[0]) and values[1:] == [math.inf, -math.inf, -math.inf]
+    document = json_errors.loads(b'{"Inf": "Info \\" Inf", "v": [Inf, 1]}')
+    assert document == {"Inf": 'Info " Inf', "v": [math.inf, 1]}, "strings keep their text"
+
+
+def test_a_lone_low_surrogate_is_taken_and_written_back_as_triton_writes_it() -> None:
+    document = json_errors.loads(b'{"id": "a\\udc00b"}')
+    assert document == {"id": "a\udc00b"}
+    assert json_errors.dumps(document) == b'{"id":"a\xed\xb0\x80b"}'
+    assert json.loads(json_errors.dumps({"error": [document["id"], 1.5]})) == {
+        "error": ["a\udc00b", 1.5]
+    }
+
+
+def test_bytes_that_are_not_utf8_pass_through_as_replacement_characters() -> None:
+    # RapidJSON, as Triton runs it, does not validate encoding; such a name reaches the
+    # model lookup (and its error message) instead of failing the parse.
+    text = b'{"inputs":[{"name":"IN\xff","datatype":"FP32","shape":[1],"data":[NaN]}]}'
+    request = decode_infer_request(text, None, "m", "")
+    assert request.inputs[0].name == "IN\ufffd"
+    assert math.isnan(request.inputs[0].data[0])
+    assert json_errors.loads(b'["caf\xc3\xa9", "\xc3", NaN]')[:2] == ["caf\u00e9", "\ufffd"]
 
 
 @pytest.mark.parametrize(
