@@ -71,6 +71,10 @@ def create_app(
         log.exception("unexpected error while handling a request")
         return _json({"error": f"internal error: {exc}"}, 500)
 
+    @app.exception_handler(_UnsupportedEncoding)
+    async def _unsupported_encoding(_: Request, exc: _UnsupportedEncoding) -> Response:
+        return error_response(exc.error, {"accept-encoding": compression.ACCEPT_ENCODING})
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
         return _json({"error": exc.detail}, exc.status_code)

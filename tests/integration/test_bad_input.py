@@ -492,19 +492,26 @@ def test_bad_request_is_refused_and_server_keeps_serving(
     assert good["outputs"][0]["data"] == [i + 1 for i in range(16)]
 
 
-def test_unknown_encoding_advertises_the_supported_ones(server: ServerProcess) -> None:
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v2/models/simple/infer", J({"inputs": inputs()})),
+        # Routes other than inference read their JSON bodies the same way.
+        ("/v2/repository/index", J({"ready": True})),
+        ("/v2/repository/models/simple/load", J({})),
+    ],
+)
+def test_unknown_encoding_advertises_the_supported_ones(
+    server: ServerProcess, path: str, body: bytes
+) -> None:
     connection = http.client.HTTPConnection(server.http_url, timeout=30)
-    connection.request(
-        "POST",
-        "/v2/models/simple/infer",
-        body=J({"inputs": inputs()}),
-        headers={"Content-Encoding": "zstd"},
-    )
+    connection.request("POST", path, body=body, headers={"Content-Encoding": "zstd"})
     response = connection.getresponse()
-    response.read()
+    answer = json.loads(response.read())
     connection.close()
-    assert response.status == 501
+    assert (response.status, answer) == (501, {"error": "Unsupported compression type"})
     assert response.getheader("Accept-Encoding") == "gzip, deflate"
+    assert post(server, "/v2/models/simple/infer", J({"inputs": inputs()}))[0] == 200
 
 
 def test_client_that_disconnects_mid_body_does_not_stop_the_server(server: ServerProcess) -> None:
