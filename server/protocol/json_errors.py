@@ -58,9 +58,13 @@ def loads(buffer: bytes | memoryview) -> Any:
     except RecursionError:
         raise JsonSyntaxError(TOO_DEEP, 0) from None
     # Valid for RapidJSON but not for orjson: NaN and the infinities, and bytes that are not
-    # UTF-8, which RapidJSON passes through as Triton runs it (without validating encoding)
-    # and which become U+FFFD here.
-    text = data.decode("utf-8", "replace")
+    # UTF-8, which RapidJSON passes through as Triton runs it (without validating encoding).
+    # Encoded surrogates are kept (and written back as they came, see dumps); other such
+    # bytes become U+FFFD.
+    try:
+        text = data.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", "replace")
     try:
         return json.loads(text, parse_constant=_constant)
     except RecursionError:

@@ -109,6 +109,10 @@ def test_bytes_that_are_not_utf8_pass_through_as_replacement_characters() -> Non
     assert request.inputs[0].name == "IN\ufffd"
     assert math.isnan(request.inputs[0].data[0])
     assert json_errors.loads(b'["caf\xc3\xa9", "\xc3", NaN]')[:2] == ["caf\u00e9", "\ufffd"]
+    # An encoded surrogate is kept and written back byte for byte, as Triton echoes it.
+    document = json_errors.loads(b'{"id": "a\xed\xb0\x80", "v": NaN}')
+    assert document["id"] == "a\udc00"
+    assert json_errors.dumps({"id": document["id"]}) == b'{"id":"a\xed\xb0\x80"}'
 
 
 @pytest.mark.parametrize(
