@@ -78,10 +78,30 @@ _COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     "gzip": gzip.compress,
     "deflate": zlib.compress,
 }
-_DECOMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
-    "gzip": gzip.decompress,
-    "deflate": zlib.decompress,
-}
+# zlib's window bits for each message encoding a client may send.
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class _Inflated(Exception):
+    """A compressed message that inflates beyond the message limit; ``size`` is where
+    inflating stopped."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def _inflate(data: bytes, wbits: int) -> bytes:
+    """One compressed message, inflated no further than one byte past the message limit."""
+    inflater = zlib.decompressobj(wbits)
+    out = inflater.decompress(data, MAX_MESSAGE_BYTES + 1)
+    if len(out) > MAX_MESSAGE_BYTES:
+        raise _Inflated(len(out))
+    if not inflater.eof or inflater.unused_data:
+        raise zlib.error("truncated stream or data after its end")
+    return out
+
+
 _ENCODING_NAMES = {grpc.Compression.Gzip: "gzip", grpc.Compression.Deflate: "deflate"}
 
 
@@ -902,8 +922,8 @@ class _Connection(WriteFlow, asyncio.Protocol):
     async def _payload(self, stream: _Stream, message: bytes) -> bytes:
         if not message[0]:
             return message[5:]
-        decompress = _DECOMPRESSORS.get(stream.encoding)
-        if decompress is None:
+        wbits = _WBITS.get(stream.encoding)
+        if wbits is None:
             raise _Abort(
                 grpc.StatusCode.UNIMPLEMENTED,
                 f"Compression algorithm '{stream.encoding}' is not supported",
@@ -911,9 +931,14 @@ class _Connection(WriteFlow, asyncio.Protocol):
         data = message[5:]
         try:
             if len(data) >= _OFF_LOOP_BYTES:
-                return await asyncio.to_thread(decompress, data)
-            return decompress(data)
-        except (OSError, zlib.error, EOFError):
+                return await asyncio.to_thread(_inflate, data, wbits)
+            return _inflate(data, wbits)
+        except _Inflated as inflated:
+            raise _Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Received message larger than max ({inflated.size} vs. {MAX_MESSAGE_BYTES})",
+            ) from None
+        except zlib.error:
             raise _Abort(grpc.StatusCode.INTERNAL, "Failed to decompress the request") from None
 
     async def _send_message(

@@ -246,6 +246,50 @@ async def test_messages_over_the_limit_are_refused_unary_and_streaming(
     await _still_serving(port)
 
 
+async def test_compressed_messages_inflate_no_further_than_the_limit(
+    served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small compressed message that inflates past the limit is refused as grpc refuses
+    it, without inflating it whole; one that does not inflate is an INTERNAL error."""
+    _, _, port = served
+    monkeypatch.setattr(listener_module, "MAX_MESSAGE_BYTES", 1000)
+    bomb = pb.ModelInferRequest(id="bomb", raw_input_contents=[bytes(100_000)])
+    channel, stub = _stub(port, compression=grpc.Compression.Gzip)
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ModelInfer(bomb, timeout=TIMEOUT)
+        assert (refused.value.code(), refused.value.details()) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "Received message larger than max (1001 vs. 1000)",
+        )
+        small = await stub.ModelInfer(pb.ModelInferRequest(id="small"), timeout=TIMEOUT)
+        assert small.id == "small"
+
+    whole = gzip.compress(pb.ModelInferRequest(id="x").SerializeToString())
+    client = await RawClient.open(port)
+    try:
+        for body in (b"\x1f\x8bnot gzip at all", whole[: len(whole) // 2], whole + b"tail"):
+            stream_id = client.conn.get_next_available_stream_id()
+            headers = [*client.request_headers(), (b"grpc-encoding", b"gzip")]
+            client.conn.send_headers(stream_id, headers)
+            client.conn.send_data(
+                stream_id, b"\x01" + len(body).to_bytes(4, "big") + body, end_stream=True
+            )
+            client.flush()
+            answer = await client.until(
+                h2.events.ResponseReceived,
+                lambda event, sid=stream_id: event.stream_id == sid,
+            )
+            fields = dict(answer.headers)
+            assert (fields[b"grpc-status"], fields[b"grpc-message"]) == (
+                b"13",
+                b"Failed to decompress the request",
+            )
+    finally:
+        client.close()
+    await _still_serving(port)
+
+
 @pytest.mark.parametrize("algorithm", [grpc.Compression.Gzip, grpc.Compression.Deflate])
 async def test_compressed_requests_and_responses(served: Any, algorithm: grpc.Compression) -> None:
     _, _, port = served
