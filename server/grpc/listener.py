@@ -359,7 +359,8 @@ class _Stream:
         "accept",
         "send_window",
         "received",
-        "unacked",
+        "acked",
+        "held",
         "body",
         "inbox",
         "partial",
@@ -384,7 +385,10 @@ class _Stream:
         self.accept = ""
         self.send_window = connection.peer_initial_window
         self.received = 0
-        self.unacked = 0
+        # Window given back to the client so far, and bytes of complete messages that wait
+        # in the inbox: those are given back only once the servicer has taken them.
+        self.acked = 0
+        self.held = 0
         self.body: list[bytes] = []
         self.inbox: asyncio.Queue[bytes | None] | None = None
         self.partial = bytearray()
@@ -817,22 +821,19 @@ class _Connection(WriteFlow, asyncio.Protocol):
                 raise _ConnectionError(PROTOCOL_ERROR, "bad padding")
             payload = payload[1 : length - payload[0]]
         stream.received += length
-        if stream.received > _STREAM_WINDOW + stream.unacked:
+        if stream.received > _STREAM_WINDOW + stream.acked:
             self._reset(stream, FLOW_CONTROL_ERROR)
             return
         if stream.inbox is None and stream.received > MAX_MESSAGE_BYTES + 5:
             self._too_large(stream, stream.received - 5)
             return
-        if stream.received - stream.unacked >= _STREAM_WINDOW // 2 and not flags & END_STREAM:
-            increment = stream.received - stream.unacked
-            stream.unacked = stream.received
-            self.out.append(_frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">I", increment)))
         if stream.inbox is not None:
             if payload:
                 for message in stream.messages(payload):
                     if len(message) - 5 > MAX_MESSAGE_BYTES:
                         self._too_large(stream, len(message) - 5)
                         return
+                    stream.held += len(message)
                     stream.inbox.put_nowait(message)
                 declared = stream.incomplete_length()
                 if declared > MAX_MESSAGE_BYTES:
@@ -842,6 +843,17 @@ class _Connection(WriteFlow, asyncio.Protocol):
             stream.body.append(payload)
         if flags & END_STREAM:
             self._end_remote(stream)
+        else:
+            self._give_back(stream)
+
+    def _give_back(self, stream: _Stream) -> None:
+        """Open the stream's window again by what has arrived and is not waiting for the
+        servicer, once that is half the window: a client streaming faster than the
+        servicer reads is held to one window of messages."""
+        free = stream.received - stream.held - stream.acked
+        if free >= _STREAM_WINDOW // 2:
+            stream.acked += free
+            self.send(_frame(WINDOW_UPDATE, 0, stream.id, struct.pack(">I", free)))
 
     def _too_large(self, stream: _Stream, size: int) -> None:
         self._finish(
@@ -917,6 +929,9 @@ class _Connection(WriteFlow, asyncio.Protocol):
                 if stream.partial:
                     raise _Abort(grpc.StatusCode.INTERNAL, _UNREADABLE)
                 return
+            stream.held -= len(message)
+            if not stream.remote_closed and not stream.local_closed:
+                self._give_back(stream)
             yield _decoded(decode, await self._payload(stream, message))
 
     async def _payload(self, stream: _Stream, message: bytes) -> bytes:

@@ -67,6 +67,8 @@ class Servicer:
 
     async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> Any:
         async for request in requests:
+            if request.model_name == "hold":
+                await self.release.wait()  # reads nothing more until released
             self.stream_seen.append(request.id)
             yield pb.ModelStreamInferResponse(
                 infer_response=pb.ModelInferResponse(id=request.id, model_name="echo")
@@ -288,6 +290,45 @@ async def test_compressed_messages_inflate_no_further_than_the_limit(
     finally:
         client.close()
     await _still_serving(port)
+
+
+async def test_a_stream_is_held_to_one_window_while_the_servicer_does_not_read(
+    served: Any,
+) -> None:
+    """Messages the servicer has not taken yet keep their bytes out of the window given
+    back, so a client cannot stream more than one window ahead of it."""
+    _, servicer, port = served
+    client = await RawClient.open(port)
+    path = "/inference.GRPCInferenceService/ModelStreamInfer"
+    try:
+        # The listener's settings (an 8 MiB stream window) and its connection window.
+        await client.until(h2.events.RemoteSettingsChanged)
+        await client.until(h2.events.WindowUpdated, lambda event: event.stream_id == 0)
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(stream_id, client.request_headers(path))
+        client.conn.send_data(stream_id, _message(pb.ModelInferRequest(id="h", model_name="hold")))
+        one = _message(pb.ModelInferRequest(id="x", raw_input_contents=[bytes(256 * 1024)]))
+        sent = 0
+        while client.conn.local_flow_control_window(stream_id) >= len(one):
+            for start in range(0, len(one), 16384):
+                client.conn.send_data(stream_id, one[start : start + 16384])
+            sent += 1
+        client.flush()
+        assert sent >= 16, "the stream window is 8 MiB"
+
+        def reopened(event: Any) -> bool:
+            return event.stream_id == stream_id
+
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.until(h2.events.WindowUpdated, reopened), 0.5)
+        servicer.release.set()
+        await client.until(h2.events.WindowUpdated, reopened)
+        client.conn.end_stream(stream_id)
+        client.flush()
+        await client.until(h2.events.TrailersReceived, reopened)
+        assert servicer.stream_seen == ["h"] + ["x"] * sent
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("algorithm", [grpc.Compression.Gzip, grpc.Compression.Deflate])
