@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -35,7 +36,11 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def bind_socket(address: str, port: int) -> socket.socket:
+class StartError(Exception):
+    """A service that could not start, worded as tritonserver words it."""
+
+
+def bind_socket(address: str, port: int, service: str = "HTTP") -> socket.socket:
     host = address
     if host.startswith("ipv6:"):
         host = host[5:]
@@ -43,7 +48,15 @@ def bind_socket(address: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        where = f"Socket '{address}:{port}'"
+        reason = "already in use" if exc.errno == errno.EADDRINUSE else f"- {exc.strerror or exc}"
+        raise StartError(
+            f"failed to start {service} service: Unavailable - {where} {reason}"
+        ) from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -136,7 +149,7 @@ class ServerApp:
                 max_input_size=s.http_max_input_size,
                 keep_alive=KEEP_ALIVE_SECS,
             )
-            sock = bind_socket(s.http_address, s.http_port)
+            sock = bind_socket(s.http_address, s.http_port, "HTTP")
             await self._http.start(sock)
             log.info("Started HTTPService at %s:%d", s.http_address, sock.getsockname()[1])
         if s.allow_grpc:
@@ -159,7 +172,7 @@ class ServerApp:
             self._poller = asyncio.create_task(self._poll())
 
     async def _serve_uvicorn(self, app: Any, address: str, port: int, label: str) -> None:
-        sock = bind_socket(address, port)
+        sock = bind_socket(address, port, "Metrics")
         server = _uvicorn_server(app, self.settings)
         self._servers.append(server)
         task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -249,7 +262,13 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.request_stop, sig)
-    await app.start()
+    try:
+        await app.start()
+    except StartError as exc:
+        log.error("%s", exc)
+        app.request_stop(signal.SIGINT)  # no grace period: nothing was ever ready
+        await app.wait_and_shutdown()
+        return 1
     await app.wait_and_shutdown()
     return 0
 

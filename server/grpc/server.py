@@ -46,7 +46,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
 
 async def start(core: Core, settings: Settings) -> tuple[GrpcListener, int]:
     """Serve GRPCInferenceService and grpc.health.v1.Health on the gRPC port."""
-    from server.app import bind_socket
+    from server.app import StartError, bind_socket
 
     compression = _COMPRESSION.get(settings.grpc_infer_response_compression_level)
     services = [
@@ -56,7 +56,11 @@ async def start(core: Core, settings: Settings) -> tuple[GrpcListener, int]:
         ),
         (health_pb2.DESCRIPTOR.services_by_name["Health"], HealthServicer(core)),
     ]
-    tls = tls_context(settings) if settings.grpc_use_ssl or settings.grpc_use_ssl_mutual else None
+    try:
+        use_tls = settings.grpc_use_ssl or settings.grpc_use_ssl_mutual
+        tls = tls_context(settings) if use_tls else None
+    except (ValueError, ssl.SSLError) as exc:
+        raise StartError(f"failed to start GRPC service: {exc}") from None
     listener = GrpcListener(
         method_table(services),
         keepalive_time_ms=settings.grpc_keepalive_time,
@@ -68,6 +72,6 @@ async def start(core: Core, settings: Settings) -> tuple[GrpcListener, int]:
         ),
         max_ping_strikes=settings.grpc_http2_max_ping_strikes,
     )
-    sock = bind_socket(settings.grpc_address, settings.grpc_port)
+    sock = bind_socket(settings.grpc_address, settings.grpc_port, "GRPC")
     await listener.start(sock, tls)
     return listener, sock.getsockname()[1]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import re
 import signal
+import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -14,8 +16,8 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from tests.harness import run_server
-from tests.models import write_python_model
+from tests.harness import run_server, server_command
+from tests.models import copy_bundled_model, write_python_model
 
 SLOW_MODEL = """
 import time
@@ -168,3 +170,34 @@ def test_new_requests_are_refused_after_the_grace_period(slow_repo: Path) -> Non
         assert refused is not None
         assert "Server exiting" in str(refused), refused
         assert server.proc.wait(60) == 0
+
+
+@pytest.mark.parametrize(
+    ("flag", "service"),
+    [("--http-port", "HTTP"), ("--grpc-port", "GRPC"), ("--metrics-port", "Metrics")],
+)
+def test_a_port_in_use_stops_the_server_with_tritons_words(
+    tmp_path: Path, flag: str, service: str
+) -> None:
+    """A port taken by another process stops the server with exit code 1 and the line
+    tritonserver prints, after closing whatever it had started; no traceback."""
+    copy_bundled_model(tmp_path, "identity_fp32")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--model-repository", str(tmp_path), "--exit-grace-secs", "0"]
+        for other in ("--http-port", "--grpc-port", "--metrics-port"):
+            args += [other, str(port) if other == flag else "0"]
+        for address in ("--http-address", "--grpc-address", "--metrics-address"):
+            args += [address, "127.0.0.1"]
+        result = subprocess.run(
+            server_command(args), capture_output=True, text=True, timeout=120, check=False
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert (
+        f"failed to start {service} service: Unavailable - Socket '127.0.0.1:{port}' "
+        "already in use" in output
+    )
+    assert "Traceback" not in output
