@@ -7,18 +7,18 @@ import base64
 import binascii
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from server import runtime_settings
 from server.core import Core
 from server.errors import invalid_arg
+from server.protocol import json_errors
 from server.protocol.http_codec import parse_json
 
 
 def _json(payload: Any) -> Response:
-    return Response(orjson.dumps(payload), media_type="application/json")
+    return Response(json_errors.dumps(payload), media_type="application/json")
 
 
 def _ok() -> Response:
