@@ -358,14 +358,11 @@ async def test_a_response_is_compressed_only_for_a_client_that_accepts_it(served
             client.flush()
             response = await client.until(h2.events.ResponseReceived)
             assert dict(response.headers).get(b"grpc-encoding") == encoding
-            data = b""
-            while not data or len(data) < 5 + int.from_bytes(data[1:5], "big"):
-                data += (await client.until(h2.events.DataReceived)).data
+            data, _ = await client.message()
             assert data[0] == flag
             body = gzip.decompress(data[5:]) if flag else data[5:]
             assert pb.ModelInferResponse.FromString(body).raw_output_contents[0] == payload
-            trailers = await client.until(h2.events.TrailersReceived)
-            assert dict(trailers.headers)[b"grpc-status"] == b"0"
+            assert await client.status() == b"0"
         finally:
             client.close()
 
@@ -426,6 +423,21 @@ class RawClient:
                     )
                 self.events.append(event)
             self.flush()
+
+    async def message(self) -> tuple[bytes, list[int]]:
+        """One length-prefixed message from DATA frames, and the size of each frame."""
+        data = b""
+        sizes: list[int] = []
+        while len(data) < 5 or len(data) < 5 + int.from_bytes(data[1:5], "big"):
+            piece = (await self.until(h2.events.DataReceived)).data
+            sizes.append(len(piece))
+            data += piece
+        return data, sizes
+
+    async def status(self) -> bytes:
+        """The grpc-status of the trailers that end a call."""
+        trailers = await self.until(h2.events.TrailersReceived)
+        return dict(trailers.headers)[b"grpc-status"]
 
     async def closed(self) -> bytes:
         """Everything the server sends until it closes the connection."""
@@ -640,18 +652,12 @@ async def test_a_response_waits_for_a_small_client_window(served: Any) -> None:
         client.conn.send_headers(1, client.request_headers())
         client.conn.send_data(1, _message(request), end_stream=True)
         client.flush()
-        data = b""
-        pieces = 0
-        while len(data) < 5 or len(data) < 5 + int.from_bytes(data[1:5], "big"):
-            piece = (await client.until(h2.events.DataReceived)).data
-            assert len(piece) <= 1000
-            data += piece
-            pieces += 1
-        assert pieces > 100
+        data, sizes = await client.message()
+        assert max(sizes) <= 1000
+        assert len(sizes) > 100
         reply = pb.ModelInferResponse.FromString(data[5:])
         assert reply.raw_output_contents[0] == payload
-        trailers = await client.until(h2.events.TrailersReceived)
-        assert dict(trailers.headers)[b"grpc-status"] == b"0"
+        assert await client.status() == b"0"
     finally:
         client.close()
 
