@@ -41,7 +41,12 @@ class Timing:
 
 
 class ModelInstance(abc.ABC):
-    """One loaded copy of a model version. ``execute`` runs in an executor thread."""
+    """One loaded copy of a model version. ``execute`` runs on the instance's own thread."""
+
+    # True where a run executes no user Python code and cannot block on anything but its
+    # own computation (a tensor framework on the CPU): the scheduler may then run a batch
+    # whose recent runs were short on the event loop itself (``server.scheduler.base``).
+    short_runs_inline: bool = False
 
     # Python-backend models take the whole request list as it is; tensor backends take
     # inputs concatenated along the batch dim.

@@ -155,13 +155,15 @@ class OnnxRuntimeBackend(Backend):
                 f"instance '{instance.name}' of model '{config.name}' could not start onnxruntime's "
                 f"CUDA provider on device {instance.device_id} ({instance.device_uuid})"
             )
-        return OnnxRuntimeInstance(session, view)
+        return OnnxRuntimeInstance(session, view, on_cpu=instance.kind != "GPU")
 
 
 class OnnxRuntimeInstance(ModelInstance):
-    def __init__(self, session: Any, view: ModelView) -> None:
+    def __init__(self, session: Any, view: ModelView, on_cpu: bool = True) -> None:
         self._session = session
         self._view = view
+        # A CPU session runs only onnxruntime's own kernels; a GPU run waits on the device.
+        self.short_runs_inline = on_cpu
         self._input_names = [i.name for i in session.get_inputs()]
         self._output_names = [o.name for o in session.get_outputs()]
         self._string_inputs = {i.name for i in session.get_inputs() if i.type == "tensor(string)"}

@@ -25,6 +25,15 @@ from server.types import InferRequest
 
 log = logging.getLogger(__name__)
 
+# A batch whose recent runs took less processor time than this runs on the event loop
+# itself, on instances that allow it (``ModelInstance.short_runs_inline``). Handing a batch
+# to the instance's thread and its outputs back costs two thread wake-ups and the
+# interpreter lock changing hands twice, more than a run this short; the loop waits no
+# longer than about this for it.
+INLINE_RUN_NS = 200_000
+# Runs of a batch size observed on the instance's thread before it may run inline.
+INLINE_AFTER_RUNS = 3
+
 
 def failure_reason(error: ServerError) -> str:
     if error.code == Code.CANCELLED:
@@ -52,6 +61,11 @@ class Scheduler(abc.ABC):
         # and a bare queue plus call_soon_threadsafe costs less per execution than an
         # executor's futures, locks and done callbacks.
         self._workers: dict[int, queue.SimpleQueue[_Work | None]] = {}
+        self._run_times = {
+            id(instance): RunTimes()
+            for instance in instances
+            if getattr(instance, "short_runs_inline", False)
+        }
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._inflight = 0
@@ -152,8 +166,11 @@ class Scheduler(abc.ABC):
     def _execute(
         self, instance: ModelInstance, batch: list[InferRequest], timing: Timing
     ) -> list[Execution]:
-        """Run one batch on the instance's worker thread. Returns every execution it took (one here;
-        more where a scheduler re-runs parts of a failed batch), so each is counted."""
+        """Run one batch, on the instance's thread or inline. Returns every execution it took
+        (one here; more where a scheduler re-runs parts of a failed batch), so each is counted."""
+        # The run's own processor time: on the instance's thread its wall time also holds
+        # waits for the interpreter lock, which a run on the loop would not have.
+        started = time.thread_time_ns()
         try:
             results = instance.execute(batch, timing)
         except ServerError as exc:
@@ -161,6 +178,7 @@ class Scheduler(abc.ABC):
         except Exception as exc:  # a backend bug must not lose the requests
             log.exception("model '%s': execution failed", self.view.name)
             results = [internal(str(exc))] * len(batch)
+        ran = time.thread_time_ns() - started
         timing.output_end_ns = timing.output_end_ns or time.monotonic_ns()
         if len(results) != len(batch):
             message = (
@@ -169,7 +187,7 @@ class Scheduler(abc.ABC):
             )
             results = [internal(message)] * len(batch)
         counts = bool(getattr(instance, "reports_failed_executions", False))
-        return [Execution(batch, timing, results, counts)]
+        return [Execution(batch, timing, results, counts, ran)]
 
     # --- dispatch ------------------------------------------------------------------
     _wake_handle: asyncio.TimerHandle | None = None
@@ -206,6 +224,13 @@ class Scheduler(abc.ABC):
             self.stats.pending -= 1
             self.stats.record_dequeue(request.queue_start_ns, timing.compute_start_ns)
         assert self._loop is not None
+        times = self._run_times.get(id(instance))
+        if times is not None and times.short(_rows(batch)):
+            # Run here, and hand the outcome over on the loop's next turn, as the thread would.
+            self._loop.call_soon(
+                self._finish, instance, batch, self._execute(instance, batch, timing)
+            )
+            return
         work = self._workers.get(id(instance))
         if work is None:
             work = self._workers[id(instance)] = queue.SimpleQueue()
@@ -251,7 +276,10 @@ class Scheduler(abc.ABC):
             executions = [Execution(batch, Timing(), [error] * len(batch))]
         else:
             executions = outcome
+        times = self._run_times.get(id(instance))
         for execution in executions:
+            if times is not None and execution.run_ns:
+                times.observe(_rows(execution.batch), execution.run_ns)
             self._record(execution)
             for request, result in zip(execution.batch, execution.results, strict=True):
                 self._resolve(request, result)
@@ -294,6 +322,41 @@ class Execution:
     results: list[RequestOutputs]
     # Whether the run counts as an execution even when every request failed in it.
     counts_failures: bool = False
+    # The processor time of the thread that ran it, in nanoseconds (0 where it did not run).
+    run_ns: int = 0
+
+
+class RunTimes:
+    """Recent run times of one instance by batch size, and from them whether the next run
+    of a size is short enough to run inline (``INLINE_RUN_NS``). Each size is judged on its
+    own runs: a moving average that one slow run lifts above the limit, after which that
+    size goes back to the thread until its runs are short again."""
+
+    __slots__ = ("limit_ns", "after", "_sizes")
+
+    def __init__(self, limit_ns: int = INLINE_RUN_NS, after: int = INLINE_AFTER_RUNS) -> None:
+        self.limit_ns = limit_ns
+        self.after = after
+        # rows -> (runs seen, average run time in ns)
+        self._sizes: dict[int, tuple[int, int]] = {}
+
+    def short(self, rows: int) -> bool:
+        seen = self._sizes.get(rows)
+        return seen is not None and seen[0] >= self.after and seen[1] < self.limit_ns
+
+    def observe(self, rows: int, ns: int) -> None:
+        seen = self._sizes.get(rows)
+        if seen is None:
+            self._sizes[rows] = (1, ns)
+        else:
+            count, average = seen
+            # A quarter of the way to each new run: a run several times the limit stops the
+            # next one from running inline at once.
+            self._sizes[rows] = (count + 1, average + (ns - average) // 4)
+
+
+def _rows(batch: list[InferRequest]) -> int:
+    return sum(request.batch_size for request in batch) or 1
 
 
 _Work = tuple[list[InferRequest], Timing]

@@ -311,7 +311,11 @@ def test_onnxruntime_cuda_provider_gets_the_device_id(
     spec = InstanceSpec("m_1_0", "m", "GPU", 1, "MIG-b", "1g.5gb")
     backend = ort_backend.OnnxRuntimeBackend()
     if cuda_starts:
-        backend.load(config, SimpleNamespace(inputs={}, outputs={}), model_dir / "1", spec)
+        instance = backend.load(
+            config, SimpleNamespace(inputs={}, outputs={}), model_dir / "1", spec
+        )
+        # A run on a GPU waits on the device: never on the event loop.
+        assert instance.short_runs_inline is False
     else:
         with pytest.raises(ServerError) as err:
             backend.load(config, SimpleNamespace(inputs={}, outputs={}), model_dir / "1", spec)

@@ -152,3 +152,8 @@ def test_ordinary_models_do_not_take_the_ort_value_path(tmp_path: Path, datatype
     (result,) = instance.execute([_request(InferInput("INPUT0", datatype, (1, 4), data))], Timing())
     assert isinstance(result, dict)
     np.testing.assert_array_equal(result["OUTPUT0"], data)
+
+
+def test_cpu_sessions_may_run_short_batches_on_the_event_loop(tmp_path: Path) -> None:
+    models.write_onnx_identity(tmp_path, "m", "FP32", [-1], 8)
+    assert _load(tmp_path, "m").short_runs_inline is True
