@@ -41,7 +41,8 @@ class Timing:
 
 
 class ModelInstance(abc.ABC):
-    """One loaded copy of a model version. ``execute`` runs on the instance's own thread."""
+    """One loaded copy of a model version. ``execute`` runs on the instance's own thread, or
+    on the event loop for short runs where ``short_runs_inline`` allows it."""
 
     # True where a run executes no user Python code and cannot block on anything but its
     # own computation (a tensor framework on the CPU): the scheduler may then run a batch
