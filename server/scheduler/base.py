@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # interpreter lock changing hands twice, more than a run this short; the loop waits no
 # longer than about this for it.
 INLINE_RUN_NS = 200_000
-# Runs of a batch size observed on the instance's thread before it may run inline.
+# Runs of a size class observed on the instance's thread before that class may run inline.
 INLINE_AFTER_RUNS = 3
 
 
@@ -225,7 +225,7 @@ class Scheduler(abc.ABC):
             self.stats.record_dequeue(request.queue_start_ns, timing.compute_start_ns)
         assert self._loop is not None
         times = self._run_times.get(id(instance))
-        if times is not None and times.short(_rows(batch)):
+        if times is not None and times.short(input_size_class(batch)):
             # Run here, and hand the outcome over on the loop's next turn, as the thread would.
             self._loop.call_soon(
                 self._finish, instance, batch, self._execute(instance, batch, timing)
@@ -279,7 +279,7 @@ class Scheduler(abc.ABC):
         times = self._run_times.get(id(instance))
         for execution in executions:
             if times is not None and execution.run_ns:
-                times.observe(_rows(execution.batch), execution.run_ns)
+                times.observe(input_size_class(execution.batch), execution.run_ns)
             self._record(execution)
             for request, result in zip(execution.batch, execution.results, strict=True):
                 self._resolve(request, result)
@@ -327,36 +327,40 @@ class Execution:
 
 
 class RunTimes:
-    """Recent run times of one instance by batch size, and from them whether the next run
-    of a size is short enough to run inline (``INLINE_RUN_NS``). Each size is judged on its
-    own runs: a moving average that one slow run lifts above the limit, after which that
-    size goes back to the thread until its runs are short again."""
+    """Recent run times of one instance by the size of a batch's inputs, and from them
+    whether the next run of that size is short enough to run inline (``INLINE_RUN_NS``).
+    Each size class is judged on its own runs: a moving average that one slow run lifts
+    above the limit, after which that class goes back to the thread until its runs are short
+    again."""
 
     __slots__ = ("limit_ns", "after", "_sizes")
 
     def __init__(self, limit_ns: int = INLINE_RUN_NS, after: int = INLINE_AFTER_RUNS) -> None:
         self.limit_ns = limit_ns
         self.after = after
-        # rows -> (runs seen, average run time in ns)
+        # size class -> (runs seen, average run time in ns)
         self._sizes: dict[int, tuple[int, int]] = {}
 
-    def short(self, rows: int) -> bool:
-        seen = self._sizes.get(rows)
+    def short(self, size: int) -> bool:
+        seen = self._sizes.get(size)
         return seen is not None and seen[0] >= self.after and seen[1] < self.limit_ns
 
-    def observe(self, rows: int, ns: int) -> None:
-        seen = self._sizes.get(rows)
+    def observe(self, size: int, ns: int) -> None:
+        seen = self._sizes.get(size)
         if seen is None:
-            self._sizes[rows] = (1, ns)
+            self._sizes[size] = (1, ns)
         else:
             count, average = seen
             # A quarter of the way to each new run: a run several times the limit stops the
             # next one from running inline at once.
-            self._sizes[rows] = (count + 1, average + (ns - average) // 4)
+            self._sizes[size] = (count + 1, average + (ns - average) // 4)
 
 
-def _rows(batch: list[InferRequest]) -> int:
-    return sum(request.batch_size for request in batch) or 1
+def input_size_class(batch: list[InferRequest]) -> int:
+    """The batch's input bytes, rounded up to a power of two: runs of one class cost about
+    the same, where the row count alone would put a [1, 16] and a [1, 4000000] tensor of a
+    variable-size input together."""
+    return sum(tensor.data.nbytes for request in batch for tensor in request.inputs).bit_length()
 
 
 _Work = tuple[list[InferRequest], Timing]

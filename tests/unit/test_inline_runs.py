@@ -12,9 +12,9 @@ import numpy as np
 
 from server.backends.base import ModelInstance, RequestOutputs, Timing
 from server.errors import Code, ServerError, internal
-from server.scheduler.base import INLINE_AFTER_RUNS, INLINE_RUN_NS, RunTimes
+from server.scheduler.base import INLINE_AFTER_RUNS, INLINE_RUN_NS, RunTimes, input_size_class
 from server.types import InferRequest
-from tests.unit.test_batch_decision_batcher import make_batcher, request
+from tests.unit.test_batch_decision_batcher import make_batcher, make_view, request
 
 
 class ThreadRecorder(ModelInstance):
@@ -54,7 +54,7 @@ def test_a_size_runs_inline_only_after_enough_short_runs() -> None:
     assert not times.short(1)
     times.observe(1, 20_000)
     assert times.short(1)
-    assert not times.short(2), "each batch size is judged on its own runs"
+    assert not times.short(2), "each size class is judged on its own runs"
 
 
 def test_one_slow_run_sends_the_size_back_to_the_thread_until_runs_are_short_again() -> None:
@@ -99,6 +99,24 @@ async def test_a_new_batch_size_starts_on_the_thread() -> None:
     await one_at_a_time(batcher, 4, rows=1)
     await one_at_a_time(batcher, 1, rows=2)
     assert instance.threads[-1] != threading.get_ident()
+
+
+async def test_a_much_larger_tensor_in_the_same_rows_starts_on_the_thread() -> None:
+    # A variable-size input: one row of 4 values runs inline, one row of a million does not.
+    instance = ThreadRecorder(inline=True)
+    batcher = make_batcher("", [instance], view=make_view(dims=(-1,)))
+    await one_at_a_time(batcher, 4)
+    assert instance.threads[-1] == threading.get_ident()
+    await batcher.submit(request("large", width=1_000_000))
+    assert instance.threads[-1] != threading.get_ident()
+
+
+def test_size_classes_follow_the_input_bytes() -> None:
+    one, two = [request("a")], [request("a"), request("b")]
+    assert input_size_class(one) == (16).bit_length()
+    assert input_size_class(two) == input_size_class(one) + 1
+    assert input_size_class([request("c", width=5)]) == input_size_class(one)
+    assert input_size_class([request("d", width=8)]) == input_size_class(one) + 1
 
 
 async def test_long_runs_stay_on_the_thread() -> None:
