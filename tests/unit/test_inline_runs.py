@@ -29,8 +29,9 @@ class ThreadRecorder(ModelInstance):
 
     def execute(self, requests: Sequence[InferRequest], timing: Timing) -> list[RequestOutputs]:
         self.threads.append(threading.get_ident())
-        end = time.perf_counter() + self.delay
-        while time.perf_counter() < end:
+        # Processor time, as the scheduler measures it, however busy the machine is.
+        end = time.thread_time() + self.delay
+        while time.thread_time() < end:
             pass
         if self.fail_next:
             self.fail_next = False
