@@ -34,7 +34,8 @@ JSON = "application/json"
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def _json(payload: Any, status: int = 200) -> Response:
+def json_response(payload: Any, status: int = 200) -> Response:
+    """A JSON body written as every route writes it (``json_errors.dumps``)."""
     return Response(json_errors.dumps(payload), status_code=status, media_type=JSON)
 
 
@@ -69,7 +70,7 @@ def create_app(
     async def _unexpected(_: Request, exc: Exception) -> Response:
         # A bug must still answer in Triton's error shape, which clients parse.
         log.exception("unexpected error while handling a request")
-        return _json({"error": f"internal error: {exc}"}, 500)
+        return json_response({"error": f"internal error: {exc}"}, 500)
 
     @app.exception_handler(_UnsupportedEncoding)
     async def _unsupported_encoding(_: Request, exc: _UnsupportedEncoding) -> Response:
@@ -77,7 +78,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        return _json({"error": exc.detail}, exc.status_code)
+        return json_response({"error": exc.detail}, exc.status_code)
 
     endpoint = InferEndpoint(core, max_input_size)
 
@@ -114,21 +115,21 @@ def create_app(
     @app.get("/v2/health/live")
     async def live() -> Response:
         if core.exiting:
-            return _json({"error": "Server exiting"}, 503)
+            return json_response({"error": "Server exiting"}, 503)
         return _empty(core.live())
 
     @app.get("/v2/health/ready")
     async def ready() -> Response:
         if core.exiting:
-            return _json({"error": "Server exiting"}, 503)
+            return json_response({"error": "Server exiting"}, 503)
         return _empty(core.ready())
 
     @app.get("/v2")
     async def server_metadata() -> Response:
-        return _json(core.server_metadata())
+        return json_response(core.server_metadata())
 
     async def model_metadata(model: str, version: str | None = None) -> Response:
-        return _json(core.model_metadata(model, _version(version)))
+        return json_response(core.model_metadata(model, _version(version)))
 
     async def model_ready(model: str, version: str | None = None) -> Response:
         try:
@@ -137,13 +138,13 @@ def create_app(
             ready = False
         if ready:
             return _empty(True)
-        return _json({"error": "Model version not ready"}, 400)
+        return json_response({"error": "Model version not ready"}, 400)
 
     async def model_config(model: str, version: str | None = None) -> Response:
-        return _json(core.model_config(model, _version(version)))
+        return json_response(core.model_config(model, _version(version)))
 
     async def model_stats(model: str, version: str | None = None) -> Response:
-        return _json(core.statistics(model, _version(version)))
+        return json_response(core.statistics(model, _version(version)))
 
     async def infer(request: Request, model: str, version: str | None = None) -> Response:
         """The route for ASGI servers, and for infer paths the listener does not match itself
@@ -186,7 +187,7 @@ def create_app(
 
     @app.get("/v2/models/stats")
     async def all_stats() -> Response:
-        return _json(core.statistics())
+        return json_response(core.statistics())
 
     # FastAPI matches routes in order; '/v2/models/stats' must win over '/v2/models/{model}'.
     app.router.routes.insert(0, app.router.routes.pop())
@@ -198,7 +199,7 @@ def create_app(
         ready_only = body.get("ready", False) if isinstance(body, dict) else False
         if not isinstance(ready_only, bool):
             raise internal("attempt to access JSON non-boolean as boolean")
-        return _json(core.repository_index(ready_only))
+        return json_response(core.repository_index(ready_only))
 
     @app.post("/v2/repository/models/{model}/load")
     async def load(request: Request, model: str) -> Response:

@@ -13,12 +13,8 @@ from starlette.responses import Response
 from server import runtime_settings
 from server.core import Core
 from server.errors import invalid_arg
-from server.protocol import json_errors
+from server.http.app import json_response
 from server.protocol.http_codec import parse_json
-
-
-def _json(payload: Any) -> Response:
-    return Response(json_errors.dumps(payload), media_type="application/json")
 
 
 def _ok() -> Response:
@@ -53,7 +49,7 @@ def register(app: FastAPI, core: Core) -> None:
 
     # --- system shared memory -------------------------------------------------------
     async def system_status(region: str = "") -> Response:
-        return _json(shm.system_status(region))
+        return json_response(shm.system_status(region))
 
     async def system_register(request: Request, region: str) -> Response:
         body = await _object(request)
@@ -69,7 +65,7 @@ def register(app: FastAPI, core: Core) -> None:
 
     # --- CUDA shared memory ---------------------------------------------------------
     async def cuda_status(region: str = "") -> Response:
-        return _json(shm.cuda_status(region))
+        return json_response(shm.cuda_status(region))
 
     async def cuda_register(request: Request, region: str) -> Response:
         body = await _object(request)
@@ -106,12 +102,12 @@ def register(app: FastAPI, core: Core) -> None:
     # --- trace ----------------------------------------------------------------------
     async def get_trace(model: str = "") -> Response:
         runtime_settings.check_trace_model(core, model)
-        return _json(runtime_settings.for_core(core).trace.get(model))
+        return json_response(runtime_settings.for_core(core).trace.get(model))
 
     async def post_trace(request: Request, model: str = "") -> Response:
         runtime_settings.check_trace_model(core, model)
         changes = await _object(request)
-        return _json(runtime_settings.for_core(core).trace.update(changes, model))
+        return json_response(runtime_settings.for_core(core).trace.update(changes, model))
 
     app.add_api_route("/v2/trace/setting", get_trace, methods=["GET"])
     app.add_api_route("/v2/trace/setting", post_trace, methods=["POST"])
@@ -120,11 +116,11 @@ def register(app: FastAPI, core: Core) -> None:
 
     # --- logging --------------------------------------------------------------------
     async def get_logging() -> Response:
-        return _json(runtime_settings.for_core(core).logging.as_dict())
+        return json_response(runtime_settings.for_core(core).logging.as_dict())
 
     async def post_logging(request: Request) -> Response:
         changes = await _object(request)
-        return _json(runtime_settings.for_core(core).logging.update(changes))
+        return json_response(runtime_settings.for_core(core).logging.update(changes))
 
     app.add_api_route("/v2/logging", get_logging, methods=["GET"])
     app.add_api_route("/v2/logging", post_logging, methods=["POST"])

@@ -168,9 +168,11 @@ class Scheduler(abc.ABC):
     ) -> list[Execution]:
         """Run one batch, on the instance's thread or inline. Returns every execution it took
         (one here; more where a scheduler re-runs parts of a failed batch), so each is counted."""
-        # The run's own processor time: on the instance's thread its wall time also holds
-        # waits for the interpreter lock, which a run on the loop would not have.
-        started = time.thread_time_ns()
+        # The run's own processor time, for instances that may run inline: on the instance's
+        # thread its wall time also holds waits for the interpreter lock, which a run on the
+        # loop would not have.
+        timed = id(instance) in self._run_times
+        started = time.thread_time_ns() if timed else 0
         try:
             results = instance.execute(batch, timing)
         except ServerError as exc:
@@ -178,7 +180,7 @@ class Scheduler(abc.ABC):
         except Exception as exc:  # a backend bug must not lose the requests
             log.exception("model '%s': execution failed", self.view.name)
             results = [internal(str(exc))] * len(batch)
-        ran = time.thread_time_ns() - started
+        ran = time.thread_time_ns() - started if timed else 0
         timing.output_end_ns = timing.output_end_ns or time.monotonic_ns()
         if len(results) != len(batch):
             message = (
