@@ -65,6 +65,12 @@ class Backend(abc.ABC):
     def autocomplete(self, config: Any, model_dir: Path, version_dir: Path | None) -> None:  # noqa: B027
         """Fill the missing parts of ``config`` from the model file; default: nothing."""
 
+    def gpu_unusable_reason(self) -> str | None:
+        """Why this backend cannot run instances on this machine's GPUs, or None when it can.
+        Asked only where the server sees a GPU and a model leaves placement to KIND_AUTO, whose
+        instances then run on the CPU; a KIND_GPU instance fails to load instead."""
+        return None
+
     @abc.abstractmethod
     def load(
         self, config: Any, view: ModelView, version_dir: Path, instance: InstanceSpec

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +51,37 @@ def _ort() -> Any:
     return onnxruntime
 
 
+# The smallest model a session can be made of (Identity over one float), serialized: creating
+# a CUDA session on it shows whether onnxruntime's CUDA provider starts on this machine.
+PROBE_MODEL = (
+    b'\x08\x07:;\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x05probeZ\x0f\n\x01x\x12\n\n'
+    b"\x08\x08\x01\x12\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\r"
+)
+_preloaded = False
+_preload_lock = threading.Lock()
+
+
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Let onnxruntime find CUDA and cuDNN where pip installed them (the nvidia-* packages),
+    once, before the first CUDA session; builds without ``preload_dlls`` skip this."""
+    global _preloaded
+    with _preload_lock:
+        if _preloaded:
+            return
+        _preloaded = True
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is None:
+            return
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):  # it prints what it could not find
+                preload()
+        except Exception as exc:  # the provider's own load reports what is still missing
+            log.debug("onnxruntime.preload_dlls failed: %s", exc)
+        if printed.getvalue().strip():
+            log.debug("onnxruntime.preload_dlls: %s", printed.getvalue().strip())
+
+
 def _dims(shape: Sequence[Any]) -> list[int]:
     return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
 
@@ -78,6 +112,37 @@ def _session_options(config: Any) -> Any:
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+
+    def __init__(self) -> None:
+        self._gpu_reason: str | None = None
+        self._gpu_probed = False
+        self._probe_lock = threading.Lock()
+
+    def gpu_unusable_reason(self) -> str | None:
+        """Probed once per process: a session on ``PROBE_MODEL`` with the CUDA provider."""
+        with self._probe_lock:
+            if not self._gpu_probed:
+                self._gpu_reason = self._probe_cuda()
+                self._gpu_probed = True
+            return self._gpu_reason
+
+    def _probe_cuda(self) -> str | None:
+        ort = _ort()
+        _preload_cuda_libraries(ort)
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return f"this onnxruntime ({ort.__version__}) has no CUDA provider"
+        try:
+            session = ort.InferenceSession(
+                PROBE_MODEL, providers=[("CUDAExecutionProvider", {"device_id": 0})]
+            )
+        except Exception as exc:
+            return f"onnxruntime's CUDA provider failed: {exc}"
+        if "CUDAExecutionProvider" not in session.get_providers():
+            return (
+                "onnxruntime's CUDA provider could not start (its CUDA or cuDNN libraries "
+                "are missing or of another major version; onnxruntime logged which)"
+            )
+        return None
 
     def autocomplete(self, config: Any, model_dir: Path, version_dir: Path | None) -> None:
         from server.protocol.generated import model_config_pb2 as mc
@@ -129,6 +194,7 @@ class OnnxRuntimeBackend(Backend):
         if not path.is_file():
             raise unavailable(f"unable to find '{path}' for model '{config.name}'")
         if instance.kind == "GPU":
+            _preload_cuda_libraries(ort)
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise unavailable(
                     f"instance '{instance.name}' of model '{config.name}' needs a GPU, but "

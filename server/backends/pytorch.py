@@ -85,6 +85,15 @@ def input_binding(module: Any, names: Sequence[str], model: str) -> tuple[str, l
 class PyTorchBackend(Backend):
     name = "pytorch"
 
+    def gpu_unusable_reason(self) -> str | None:
+        try:
+            torch = import_torch("")
+        except Exception:
+            return None  # the load itself says that torch is missing
+        if not torch.cuda.is_available():
+            return f"this torch ({torch.__version__}) cannot use CUDA"
+        return None
+
     def load(
         self, config: Any, view: ModelView, version_dir: Path, instance: InstanceSpec
     ) -> ModelInstance:

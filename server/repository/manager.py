@@ -281,6 +281,17 @@ class ModelManager:
             backend_holder["auto_groups"] = _auto_groups(config)
             backend = get_backend(config.backend) if config.backend else None
             backend_holder["backend"] = backend
+            if backend is not None and gpus and backend_holder["auto_groups"]:
+                reason = backend.gpu_unusable_reason()
+                if reason is not None:
+                    _auto_groups_on_cpu(config)
+                    for group in backend_holder["auto_groups"]:
+                        log.warning(
+                            "model '%s': instance group '%s' is KIND_AUTO and %s; running it on CPU",
+                            name,
+                            group,
+                            reason,
+                        )
             if backend is not None and self._autocomplete:
                 versions = cfg.version_dirs(directory)
                 latest = versions[max(versions)] if versions else None
@@ -405,12 +416,23 @@ def _auto_groups(config: Any) -> list[str]:
     from server.protocol.generated import model_config_pb2 as mc
 
     if not config.instance_group:
-        return [f"{config.name}_0"]
+        return [config.name]  # the group normalization adds
     return [
         group.name or f"{config.name}_{index}"
         for index, group in enumerate(config.instance_group)
         if group.kind == mc.ModelInstanceGroup.KIND_AUTO
     ]
+
+
+def _auto_groups_on_cpu(config: Any) -> None:
+    """Place the KIND_AUTO groups (or the group normalization would add) on the CPU."""
+    from server.protocol.generated import model_config_pb2 as mc
+
+    if not config.instance_group:
+        config.instance_group.add(name=config.name, kind=mc.ModelInstanceGroup.KIND_CPU)
+    for group in config.instance_group:
+        if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
+            group.kind = mc.ModelInstanceGroup.KIND_CPU
 
 
 def _describe_gpu(spec: InstanceSpec, gpus: Sequence[Any]) -> str:

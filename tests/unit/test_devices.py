@@ -242,6 +242,9 @@ class RecordingBackend:
     def autocomplete(self, config: Any, model_dir: Path, version_dir: Path | None) -> None:
         pass
 
+    def gpu_unusable_reason(self) -> str | None:
+        return None
+
     def load(self, config: Any, view: Any, version_dir: Path, instance: InstanceSpec) -> Any:
         self.placed.append(instance)
         return SimpleNamespace(execute=lambda requests, timing: [], unload=lambda: None)
@@ -324,3 +327,101 @@ def test_onnxruntime_cuda_provider_gets_the_device_id(
             "could not start onnxruntime's CUDA provider on device 1 (MIG-b)" in err.value.message
         )
     assert FakeOrt.sessions[0].requested[0] == ("CUDAExecutionProvider", {"device_id": 1})
+
+
+class CudaLessOrt:
+    """onnxruntime-gpu on a machine without its CUDA libraries: the CUDA provider is listed,
+    and sessions asked for it quietly start on the CPU (real CPU sessions)."""
+
+    def __init__(self, listed: bool = True) -> None:
+        import onnxruntime
+
+        self._real = onnxruntime
+        self._listed = listed
+        self.requested: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def get_available_providers(self) -> list[str]:
+        cpu = ["CPUExecutionProvider"]
+        return ["CUDAExecutionProvider", *cpu] if self._listed else cpu
+
+    def InferenceSession(  # noqa: N802 - onnxruntime's name
+        self, model: Any, sess_options: Any = None, providers: Any = None
+    ) -> Any:
+        self.requested.append(providers)
+        return self._real.InferenceSession(
+            model, sess_options=sess_options, providers=["CPUExecutionProvider"]
+        )
+
+
+@pytest.mark.parametrize("listed", [True, False])
+async def test_kind_auto_runs_on_cpu_where_onnxruntime_cannot_use_the_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, listed: bool
+) -> None:
+    fake = CudaLessOrt(listed)
+    monkeypatch.setattr(ort_backend, "_ort", lambda: fake)
+    backend = ort_backend.OnnxRuntimeBackend()
+    monkeypatch.setattr("server.repository.manager.get_backend", lambda name: backend)
+    write_onnx_add_sub(
+        tmp_path, "on_auto", config_extra="instance_group [ { kind: KIND_AUTO count: 3 } ]"
+    )
+    write_onnx_add_sub(tmp_path, "no_group")
+    write_onnx_add_sub(
+        tmp_path, "on_gpu", config_extra="instance_group [ { kind: KIND_GPU gpus: [ 0 ] } ]"
+    )
+    manager = ModelManager([tmp_path], create_scheduler, devices=FakeDeviceLayer(GPUS))
+    with caplog.at_level(logging.WARNING, logger="server.repository.manager"):
+        await manager.load("on_auto")
+        await manager.load("no_group")
+    reason = (
+        "onnxruntime's CUDA provider could not start"
+        if listed
+        else f"this onnxruntime ({fake.__version__}) has no CUDA provider"
+    )
+    for name, group in (("on_auto", "on_auto_0"), ("no_group", "no_group")):
+        assert f"model '{name}': instance group '{group}' is KIND_AUTO and {reason}" in caplog.text
+    # The groups read back as where they run, with the CPU's default count where none was given.
+    groups = {
+        name: [(g.kind, list(g.gpus), g.count) for g in manager.get(name).config.instance_group]
+        for name in ("on_auto", "no_group")
+    }
+    cpu = mc.ModelInstanceGroup.KIND_CPU
+    assert groups == {"on_auto": [(cpu, [], 3)], "no_group": [(cpu, [], 2)]}
+    assert {s.kind for s in manager.get("on_auto").instances} == {"CPU"}
+    # CUDA was tried once, on the probe model, and only where the provider is listed.
+    probes = [p for p in fake.requested if p == [("CUDAExecutionProvider", {"device_id": 0})]]
+    assert len(probes) == (1 if listed else 0)
+    # A group the configuration puts on a GPU is not moved: it fails with the reason.
+    with pytest.raises(ServerError) as err:
+        await manager.load("on_gpu")
+    assert "version 1 is at UNAVAILABLE state" in err.value.message
+    assert ("could not start onnxruntime's CUDA provider" if listed else "is not available") in (
+        err.value.message
+    )
+    await manager.unload_all(drain_timeout=1.0)
+
+
+async def test_kind_auto_stays_on_the_gpu_where_onnxruntime_can_use_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ort_backend, "_ort", lambda: FakeOrt)
+    monkeypatch.setattr(FakeOrt, "cuda_starts", True)
+    monkeypatch.setattr(FakeOrt, "sessions", [])
+    backend = ort_backend.OnnxRuntimeBackend()
+    assert backend.gpu_unusable_reason() is None
+    assert FakeOrt.sessions[0].requested == [("CUDAExecutionProvider", {"device_id": 0})]
+    monkeypatch.setattr(FakeOrt, "cuda_starts", False)
+    assert backend.gpu_unusable_reason() is None  # probed once per process
+
+
+def test_pytorch_without_cuda_is_not_used_for_kind_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.backends import pytorch
+
+    for available, expected in ((False, "this torch (2.9.0+cpu) cannot use CUDA"), (True, None)):
+        fake = SimpleNamespace(
+            __version__="2.9.0+cpu", cuda=SimpleNamespace(is_available=lambda a=available: a)
+        )
+        monkeypatch.setattr(pytorch, "import_torch", lambda model, t=fake: t)
+        assert pytorch.PyTorchBackend().gpu_unusable_reason() == expected

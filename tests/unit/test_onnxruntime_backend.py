@@ -157,3 +157,19 @@ def test_ordinary_models_do_not_take_the_ort_value_path(tmp_path: Path, datatype
 def test_cpu_sessions_may_run_short_batches_on_the_event_loop(tmp_path: Path) -> None:
     models.write_onnx_identity(tmp_path, "m", "FP32", [-1], 8)
     assert _load(tmp_path, "m").short_runs_inline is True
+
+
+def test_the_cuda_probe_model_is_an_identity_over_one_float() -> None:
+    from server.backends.onnxruntime import PROBE_MODEL
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    assert onnx.load_from_string(PROBE_MODEL) == model
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(PROBE_MODEL, providers=["CPUExecutionProvider"])
+    value = np.array([2.5], dtype=np.float32)
+    np.testing.assert_array_equal(session.run(None, {"x": value})[0], value)
