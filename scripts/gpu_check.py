@@ -8,8 +8,13 @@ that onnxruntime's CUDA provider runs it with that ``device_id`` and that NVML s
 process on that device; cross-checks the device list with PyTorch where installed; and
 scrapes the metrics app for the ``nv_gpu_*`` families of each device; and, on each device,
 round-trips a request through CUDA shared memory over HTTP and gRPC against a server process
-(inputs and outputs in device memory the check exports with CUDA IPC). It prints one JSON
-report and exits non-zero when a check fails (or, with --require-gpu, when no GPU is found).
+(inputs and outputs in device memory the check exports with CUDA IPC). A server process then
+serves TorchScript models placed with KIND_GPU, KIND_AUTO, KIND_CPU and an invalid gpu id,
+and ONNX models placed with KIND_GPU and KIND_AUTO, driven with tritonclient: where each ran,
+batched concurrent requests, statistics, NVML's process list, and the ``gpu_uuid`` labels and
+``nv_gpu_*`` families of its metrics endpoint. Last, the bundled repository is served as the
+README serves it. It prints one JSON report and exits non-zero when a check fails (or, with
+--require-gpu, when no GPU is found).
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ def check_pinning(device: GpuDevice, gpus: list[GpuDevice], workdir: Path) -> di
         providers=providers,
         cuda_device_id=options.get("device_id"),
         output_ok=bool(np.allclose(out, 2.0)),
-        nvml_sees_process=_process_on(device),
+        nvml_sees_process=_pid_on(device, os.getpid()),
     )
     result["ok"] = (
         providers[0] == "CUDAExecutionProvider"
@@ -87,21 +92,6 @@ def check_pinning(device: GpuDevice, gpus: list[GpuDevice], workdir: Path) -> di
         and result["nvml_sees_process"] is not False
     )
     return result
-
-
-def _process_on(device: GpuDevice) -> bool | None:
-    """Whether NVML lists this process on the device; None where it cannot say (MIG
-    slices inside containers often hide process lists)."""
-    try:
-        import pynvml
-
-        handle = pynvml.nvmlDeviceGetHandleByUUID(device.uuid)
-        processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-    except Exception:
-        return None
-    if not processes:
-        return None
-    return any(p.pid == os.getpid() for p in processes)
 
 
 def check_torch(gpus: list[GpuDevice]) -> dict[str, Any]:
@@ -117,7 +107,7 @@ def check_torch(gpus: list[GpuDevice]) -> dict[str, Any]:
         uuid = str(getattr(props, "uuid", ""))
         seen.append({"index": index, "name": props.name, "uuid": uuid})
     ours = [_bare(g.uuid) for g in gpus]
-    theirs = [_bare(s["uuid"]) for s in seen]
+    theirs = [_bare(str(s["uuid"])) for s in seen]
     # PyTorch places tensors by the same CUDA ordinals the server pins instances to.
     tensor_ok = True
     for gpu in gpus:
@@ -311,6 +301,262 @@ def check_cuda_shm(gpus: list[GpuDevice], workdir: Path) -> dict[str, Any]:
     }
 
 
+def _placed_module(path: Path) -> None:
+    """TorchScript: (x * 2 + 1, the CUDA ordinal the input arrived on, -1 on the CPU)."""
+    import torch
+
+    class Placed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            where = torch.zeros(x.shape[0], 1, dtype=torch.int32, device=x.device)
+            return x * 2.0 + 1.0, where + x.get_device()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(Placed()).save(str(path))
+
+
+def _server_repo(root: Path, gpus: list[GpuDevice]) -> Path:
+    from tests.models import model_config, write_config, write_onnx_add_sub
+
+    repo = root / "server_repo"
+    every = ", ".join(str(g.index) for g in gpus)
+    groups = {
+        "placed_gpu": f"instance_group [ {{ kind: KIND_GPU gpus: [ {every} ] count: 2 }} ]",
+        "placed_auto": "",
+        "placed_cpu": "instance_group [ { kind: KIND_CPU count: 1 } ]",
+        "placed_bad": f"instance_group [ {{ kind: KIND_GPU gpus: [ {len(gpus)} ] }} ]",
+    }
+    for name, extra in groups.items():
+        write_config(
+            repo,
+            name,
+            model_config(
+                name,
+                platform="pytorch_libtorch",
+                inputs=[("INPUT__0", "FP32", [8])],
+                outputs=[("OUTPUT__0", "FP32", [8]), ("OUTPUT__1", "INT32", [1])],
+                max_batch_size=16,
+                extra=extra,
+            ),
+        )
+        _placed_module(repo / name / "1" / "model.pt")
+    write_onnx_add_sub(repo, "onnx_gpu", config_extra="instance_group [ { kind: KIND_GPU } ]")
+    write_onnx_add_sub(repo, "onnx_auto")
+    return repo
+
+
+def _metric_samples(text: str) -> list[Any]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+def check_server(gpus: list[GpuDevice], workdir: Path) -> dict[str, Any]:
+    """A server process on a repository of TorchScript and ONNX models placed on the GPU,
+    the CPU and KIND_AUTO, driven with tritonclient as users do."""
+    import concurrent.futures
+    import urllib.request
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from server.backends.onnxruntime import OnnxRuntimeBackend
+    from tests.harness import run_server
+
+    ort_reason = OnnxRuntimeBackend().gpu_unusable_reason()
+    repo = _server_repo(workdir, gpus)
+    report: dict[str, Any] = {"onnxruntime_gpu_unusable": ort_reason}
+    failures: list[str] = []
+
+    def expect(ok: bool, what: str) -> None:
+        if not ok:
+            failures.append(what)
+
+    every = [g.index for g in gpus]
+    args = ["--model-repository", str(repo), "--exit-on-error=false"]
+    with run_server(args, ready_path="/v2/health/live") as srv:
+        http = httpclient.InferenceServerClient(srv.http_url)
+        grpc = grpcclient.InferenceServerClient(srv.grpc_url)
+
+        def states() -> None:
+            index = {row["name"]: row for row in http.get_model_repository_index()}
+            report["index"] = {n: [r.get("state"), r.get("reason", "")] for n, r in index.items()}
+            ready = ("placed_gpu", "placed_auto", "placed_cpu", "onnx_auto")
+            for name in ready:
+                expect(index[name].get("state") == "READY", f"{name} is not READY")
+            expect(index["placed_bad"].get("state") == "UNAVAILABLE", "placed_bad loaded")
+            expect(
+                f"invalid or unsupported gpu id {len(gpus)}"
+                in index["placed_bad"].get("reason", ""),
+                "placed_bad's reason",
+            )
+            expect(
+                (index["onnx_gpu"].get("state") == "READY") == (ort_reason is None),
+                "onnx_gpu's state does not follow onnxruntime's CUDA provider",
+            )
+            kinds = {}
+            for name in ("placed_gpu", "placed_auto", "placed_cpu", "onnx_auto"):
+                config = http.get_model_config(name)
+                kinds[name] = [
+                    (g["kind"], g.get("gpus", []), g["count"]) for g in config["instance_group"]
+                ]
+            report["instance_groups"] = kinds
+            expect(
+                kinds["placed_auto"] == [("KIND_GPU", every, 1)], "placed_auto is not on the GPUs"
+            )
+            onnx_kind = "KIND_GPU" if ort_reason is None else "KIND_CPU"
+            expect(kinds["onnx_auto"][0][0] == onnx_kind, f"onnx_auto is not {onnx_kind}")
+
+        def placement() -> None:
+            x = np.arange(32, dtype=np.float32).reshape(4, 8)
+            placed: dict[str, list[int]] = {}
+            for name in ("placed_gpu", "placed_auto", "placed_cpu"):
+                for mod, client in ((httpclient, http), (grpcclient, grpc)):
+                    tensor = mod.InferInput("INPUT__0", [4, 8], "FP32")
+                    tensor.set_data_from_numpy(x)
+                    result = client.infer(name, [tensor])
+                    expect(
+                        np.array_equal(result.as_numpy("OUTPUT__0"), x * 2 + 1), f"{name} output"
+                    )
+                    placed.setdefault(name, []).extend(
+                        result.as_numpy("OUTPUT__1").ravel().tolist()
+                    )
+            report["ran_on_cuda_ordinal"] = {n: sorted(set(v)) for n, v in placed.items()}
+            expect(
+                set(placed["placed_gpu"]) <= set(every) and -1 not in placed["placed_gpu"], "gpu"
+            )
+            expect(
+                set(placed["placed_auto"]) <= set(every) and -1 not in placed["placed_auto"], "auto"
+            )
+            expect(set(placed["placed_cpu"]) == {-1}, "placed_cpu ran on a GPU")
+
+        def concurrency() -> None:
+            def one(i: int) -> bool:
+                row = np.full((1, 8), i, dtype=np.float32)
+                tensor = grpcclient.InferInput("INPUT__0", [1, 8], "FP32")
+                tensor.set_data_from_numpy(row)
+                out = grpc.infer("placed_gpu", [tensor]).as_numpy("OUTPUT__0")
+                return bool(np.array_equal(out, row * 2 + 1))
+
+            with concurrent.futures.ThreadPoolExecutor(32) as pool:
+                answers = list(pool.map(one, range(512)))
+            expect(all(answers), "concurrent placed_gpu answers")
+            stats = http.get_inference_statistics("placed_gpu")["model_stats"][0]
+            report["placed_gpu_stats"] = {
+                "inference_count": stats["inference_count"],
+                "execution_count": stats["execution_count"],
+            }
+            expect(stats["inference_count"] == 512 + 8, "placed_gpu inference_count")
+
+        def onnx() -> None:
+            a = np.arange(16, dtype=np.int32).reshape(1, 16)
+            onnx_models = ["onnx_auto"] + (["onnx_gpu"] if ort_reason is None else [])
+            for name in onnx_models:
+                inputs = [httpclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+                for tensor in inputs:
+                    tensor.set_data_from_numpy(a)
+                result = http.infer(name, inputs)
+                expect(np.array_equal(result.as_numpy("OUTPUT0"), 2 * a), f"{name} output")
+
+        def nvml() -> None:
+            report["nvml_sees_server"] = {g.uuid: _pid_on(g, srv.proc.pid) for g in gpus}
+            expect(all(v is not False for v in report["nvml_sees_server"].values()), "NVML")
+
+        def metrics() -> None:
+            with urllib.request.urlopen(srv.metrics_url, timeout=10) as response:
+                samples = _metric_samples(response.read().decode())
+            success = {
+                s.labels["model"]: s.labels.get("gpu_uuid")
+                for s in samples
+                if s.name.removesuffix("_total") == "nv_inference_request_success"
+            }
+            report["request_success_gpu_uuid"] = success
+            uuids = {g.uuid for g in gpus}
+            expect(len(gpus) > 1 or success.get("placed_gpu") in uuids, "placed_gpu gpu_uuid label")
+            expect(success.get("placed_cpu") is None, "placed_cpu has a gpu_uuid label")
+            gpu_families: dict[str, dict[str | None, float]] = {}
+            for sample in samples:
+                if sample.name.startswith(("nv_gpu_", "nv_energy")):
+                    gpu_families.setdefault(sample.name.removesuffix("_total"), {})[
+                        sample.labels.get("gpu_uuid")
+                    ] = sample.value
+            report["gpu_metrics"] = gpu_families
+            for family in ("nv_gpu_memory_total_bytes", "nv_gpu_memory_used_bytes"):
+                expect(set(gpu_families.get(family, {})) == uuids, f"{family} per GPU")
+            for gpu in gpus:
+                used = gpu_families.get("nv_gpu_memory_used_bytes", {}).get(gpu.uuid, 0)
+                expect(used > 0, f"no memory used on {gpu.uuid}")
+                if not gpu.is_mig:
+                    for family in (
+                        "nv_gpu_utilization",
+                        "nv_gpu_power_usage",
+                        "nv_energy_consumption",
+                    ):
+                        expect(gpu.uuid in gpu_families.get(family, {}), f"{family} for {gpu.uuid}")
+
+        for step in (states, placement, concurrency, onnx, nvml, metrics):
+            try:
+                step()
+            except Exception as exc:
+                failures.append(f"{step.__name__}: {type(exc).__name__}: {exc}")
+        http.close()
+        grpc.close()
+        log = srv.log()
+    report["server_log_tracebacks"] = log.count("Traceback")
+    expect("Traceback" not in log, "the server logged a traceback")
+    report["failures"] = failures
+    report["ok"] = not failures
+    return report
+
+
+def check_bundled(gpus: list[GpuDevice]) -> dict[str, Any]:
+    """The bundled repository, served as the README's first command serves it."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    from tests.harness import run_server
+
+    report: dict[str, Any] = {}
+    with run_server(["--model-repository", str(ROOT / "model_repository")]) as srv:
+        client = httpclient.InferenceServerClient(srv.http_url)
+        index = client.get_model_repository_index()
+        report["states"] = {row["name"]: row.get("state") for row in index}
+        report["kinds"] = {
+            row["name"]: sorted(
+                {g["kind"] for g in client.get_model_config(row["name"])["instance_group"]}
+            )
+            for row in index
+        }
+        a = np.arange(16, dtype=np.int32).reshape(1, 16)
+        inputs = [httpclient.InferInput(n, [1, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+        for tensor in inputs:
+            tensor.set_data_from_numpy(a)
+        out = client.infer("simple", inputs).as_numpy("OUTPUT0")
+        report["simple_ok"] = bool(np.array_equal(out, 2 * a))
+        client.close()
+        report["tracebacks"] = srv.log().count("Traceback")
+    report["ok"] = (
+        all(state == "READY" for state in report["states"].values())
+        and report["simple_ok"]
+        and report["tracebacks"] == 0
+    )
+    return report
+
+
+def _pid_on(device: GpuDevice, pid: int) -> bool | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByUUID(device.uuid)
+        processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    except Exception:
+        return None
+    if not processes:
+        return None
+    return any(p.pid == pid for p in processes)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--require-gpu", action="store_true", help="fail when no GPU is found")
@@ -348,6 +594,17 @@ def main() -> int:
             except Exception as exc:
                 report["cuda_shm"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             ok = ok and report["cuda_shm"]["ok"]
+        for key, check in (
+            ("server", lambda: check_server(gpus, Path(workdir))),
+            ("bundled", lambda: check_bundled(gpus)),
+        ):
+            if key == "server" and not gpus:
+                continue
+            try:
+                report[key] = check()
+            except Exception as exc:
+                report[key] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            ok = ok and report[key]["ok"]
     report["torch"] = check_torch(gpus)
     report["metrics"] = check_metrics(layer, gpus)
     ok = ok and report["torch"].get("ok", True) and report["metrics"]["ok"]

@@ -12,6 +12,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from server.devices import DeviceLayer
 from tests.harness import ServerProcess, run_server
 from tests.python_models import build_repository
 
@@ -90,7 +91,8 @@ def test_strings_parameters_and_initialize_args(client: httpclient.InferenceServ
         ],
         "model_name": "py_strings",
         "model_version": "1",
-        "model_instance_kind": "CPU",
+        # The model leaves placement to KIND_AUTO: a GPU where the server sees one.
+        "model_instance_kind": "GPU" if DeviceLayer().gpus() else "CPU",
         "model_instance_name": info["args"]["model_instance_name"],
         "model_instance_device_id": "0",
         "model_repository_basename": "py_strings",
