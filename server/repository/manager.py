@@ -393,11 +393,13 @@ def instance_specs(config: Any, gpus: Sequence[Any]) -> list[InstanceSpec]:
                         f"instance group '{group.name}' of model '{config.name}' specifies "
                         f"invalid or unsupported gpu id {gpu}; this server sees {len(gpus)} GPU(s)"
                     )
-                device = gpus[gpu]
-                for index in range(group.count):
+            # As Triton names and orders them: "<group>_<index>" on each listed GPU in turn.
+            for index in range(group.count):
+                for gpu in group.gpus:
+                    device = gpus[gpu]
                     specs.append(
                         InstanceSpec(
-                            f"{group.name}_{gpu}_{index}",
+                            f"{group.name}_{index}",
                             group.name,
                             "GPU",
                             gpu,

@@ -195,11 +195,12 @@ GPUS = [
 
 def test_instances_pinned_to_listed_devices() -> None:
     specs = instance_specs(config_with_group(mc.ModelInstanceGroup.KIND_GPU, [1, 0], count=2), GPUS)
+    # Triton's names and order: "<group>_<index>", the same on every GPU of the group.
     assert [(s.name, s.device_id, s.device_uuid, s.device_name) for s in specs] == [
-        ("g_1_0", 1, "MIG-b", "1g.5gb"),
-        ("g_1_1", 1, "MIG-b", "1g.5gb"),
-        ("g_0_0", 0, "GPU-a", "NVIDIA H100"),
-        ("g_0_1", 0, "GPU-a", "NVIDIA H100"),
+        ("g_0", 1, "MIG-b", "1g.5gb"),
+        ("g_0", 0, "GPU-a", "NVIDIA H100"),
+        ("g_1", 1, "MIG-b", "1g.5gb"),
+        ("g_1", 0, "GPU-a", "NVIDIA H100"),
     ]
     assert all(s.kind == "GPU" for s in specs)
 
