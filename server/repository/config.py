@@ -202,6 +202,31 @@ def validate(config: Any) -> None:
             raise invalid_arg(f"instance group {group.name} of model {name} must have count >= 1")
 
 
+# Triton's --min-supported-compute-capability default, which its messages quote.
+MIN_COMPUTE_CAPABILITY = 6.0
+
+
+def validate_instance_groups(config: Any, gpu_count: int) -> None:
+    """Triton's checks of normalized instance groups against the GPUs this server sees."""
+    name = config.name
+    for group in config.instance_group:
+        prefix = f"instance group {group.name} of model {name}"
+        if group.kind == mc.ModelInstanceGroup.KIND_GPU:
+            if not group.gpus:
+                raise invalid_arg(f"{prefix} has kind KIND_GPU but no GPUs are available")
+            for gpu in group.gpus:
+                if not 0 <= gpu < gpu_count:
+                    raise invalid_arg(
+                        f"{prefix} specifies invalid or unsupported gpu id {gpu}. GPUs with at "
+                        "least the minimum required CUDA compute compatibility of "
+                        f"{MIN_COMPUTE_CAPABILITY:.6f} are: "
+                        + ", ".join(str(index) for index in range(gpu_count))
+                    )
+        elif group.gpus:
+            kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
+            raise invalid_arg(f"{prefix} has kind {kind} but specifies one or more GPUs")
+
+
 def _validate_dynamic_batching(config: Any) -> None:
     name = config.name
     batching = config.dynamic_batching
@@ -270,6 +295,7 @@ def load_model_config(
             ) from None
     normalize(config, gpu_count)
     validate(config)
+    validate_instance_groups(config, gpu_count)
     return config
 
 

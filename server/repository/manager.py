@@ -382,17 +382,7 @@ def instance_specs(config: Any, gpus: Sequence[Any]) -> list[InstanceSpec]:
     specs: list[InstanceSpec] = []
     for group in config.instance_group:
         if group.kind == mc.ModelInstanceGroup.KIND_GPU:
-            if not group.gpus:
-                raise unavailable(
-                    f"instance group '{group.name}' of model '{config.name}' is KIND_GPU, "
-                    "but no GPU is available to this server"
-                )
-            for gpu in group.gpus:
-                if gpu >= len(gpus):
-                    raise unavailable(
-                        f"instance group '{group.name}' of model '{config.name}' specifies "
-                        f"invalid or unsupported gpu id {gpu}; this server sees {len(gpus)} GPU(s)"
-                    )
+            # The GPU ids were checked against ``gpus`` by cfg.validate_instance_groups.
             # As Triton names and orders them: "<group>_<index>" on each listed GPU in turn.
             for index in range(group.count):
                 for gpu in group.gpus:

@@ -17,6 +17,7 @@ from server.backends.base import InstanceSpec
 from server.devices import FakeDeviceLayer, GpuDevice, format_uuid, mig_profile
 from server.errors import Code, ServerError
 from server.protocol.generated import model_config_pb2 as mc
+from server.repository.config import validate_instance_groups
 from server.repository.manager import ModelManager, instance_specs
 from server.scheduler import create_scheduler
 from tests.models import write_onnx_add_sub
@@ -205,13 +206,57 @@ def test_instances_pinned_to_listed_devices() -> None:
     assert all(s.kind == "GPU" for s in specs)
 
 
-def test_gpu_instances_without_a_gpu_are_unavailable() -> None:
+@pytest.mark.parametrize(
+    ("kind", "gpus", "gpu_count", "message"),
+    [
+        (
+            "KIND_GPU",
+            [],
+            0,
+            "instance group g of model m has kind KIND_GPU but no GPUs are available",
+        ),
+        (
+            "KIND_GPU",
+            [5],
+            2,
+            "instance group g of model m specifies invalid or unsupported gpu id 5. GPUs with at "
+            "least the minimum required CUDA compute compatibility of 6.000000 are: 0, 1",
+        ),
+        (
+            "KIND_GPU",
+            [-1],
+            2,
+            "instance group g of model m specifies invalid or unsupported gpu id -1. GPUs with at "
+            "least the minimum required CUDA compute compatibility of 6.000000 are: 0, 1",
+        ),
+        (
+            "KIND_CPU",
+            [0],
+            1,
+            "instance group g of model m has kind KIND_CPU but specifies one or more GPUs",
+        ),
+        (
+            "KIND_MODEL",
+            [0],
+            1,
+            "instance group g of model m has kind KIND_MODEL but specifies one or more GPUs",
+        ),
+    ],
+)
+def test_instance_groups_are_checked_as_triton_checks_them(
+    kind: str, gpus: list[int], gpu_count: int, message: str
+) -> None:
+    config = config_with_group(mc.ModelInstanceGroup.Kind.Value(kind), gpus)
     with pytest.raises(ServerError) as err:
-        instance_specs(config_with_group(mc.ModelInstanceGroup.KIND_GPU, []), [])
-    assert err.value.code == Code.UNAVAILABLE and "no GPU is available" in err.value.message
-    with pytest.raises(ServerError) as err:
-        instance_specs(config_with_group(mc.ModelInstanceGroup.KIND_GPU, [5]), GPUS)
-    assert err.value.code == Code.UNAVAILABLE and "gpu id 5" in err.value.message
+        validate_instance_groups(config, gpu_count)
+    assert err.value.code == Code.INVALID_ARG
+    assert err.value.message == message
+
+
+def test_listed_gpus_that_exist_pass_the_checks() -> None:
+    config = config_with_group(mc.ModelInstanceGroup.KIND_GPU, [1, 0])
+    validate_instance_groups(config, 2)
+    validate_instance_groups(config_with_group(mc.ModelInstanceGroup.KIND_CPU, []), 0)
 
 
 async def test_manager_kind_gpu_on_cpu_machine_is_unavailable_and_auto_falls_back(
@@ -224,7 +269,7 @@ async def test_manager_kind_gpu_on_cpu_machine_is_unavailable_and_auto_falls_bac
     manager = ModelManager([tmp_path], create_scheduler, devices=FakeDeviceLayer())
     with pytest.raises(ServerError) as err:
         await manager.load("on_gpu")
-    assert "UNAVAILABLE" in err.value.message and "no GPU is available" in err.value.message
+    assert "has kind KIND_GPU but no GPUs are available" in err.value.message
     with caplog.at_level(logging.INFO, logger="server.repository.manager"):
         await manager.load("on_auto")
     assert "KIND_AUTO and no usable GPU was found; running it on CPU" in caplog.text

@@ -1,7 +1,7 @@
-"""The instance names and kinds a Python model's ``initialize`` receives, against tritonserver:
-groups without a name, with a name, counts of one and more, and no ``instance_group`` at all.
-Each instance reports its own name on every request, so requests are sent until each server
-has shown every instance it has."""
+"""Instance groups against tritonserver (which sees no GPU here): the instance names and kinds
+a Python model's ``initialize`` receives, for groups without a name, with a name, counts of one
+and more, and no ``instance_group`` at all; and which groups load, with the reasons of those
+that do not."""
 
 from __future__ import annotations
 
@@ -29,10 +29,22 @@ GROUPS = {
 }
 
 
-def _repo(base: Path) -> Path:
+# Groups tritonserver refuses, or repairs, on a machine without a GPU.
+CHECKED = {
+    "cpu_gpus": "instance_group [ { kind: KIND_CPU gpus: [ 0 ] } ]",
+    "auto_gpus": "instance_group [ { kind: KIND_AUTO gpus: [ 0 ] } ]",
+    "model_gpus": "instance_group [ { kind: KIND_MODEL gpus: [ 0 ] } ]",
+    "gpu_none": "instance_group [ { kind: KIND_GPU } ]",
+    "gpu_negative": "instance_group [ { kind: KIND_GPU gpus: [ -1 ] } ]",
+    "count_zero": "instance_group [ { kind: KIND_CPU count: 0 } ]",
+    "count_negative": "instance_group [ { kind: KIND_CPU count: -2 } ]",
+}
+
+
+def _repo(base: Path, groups_by_model: dict[str, str] = GROUPS) -> Path:
     repo = base / "repo"
     source = HERE / "py_strings"
-    for name, groups in GROUPS.items():
+    for name, groups in groups_by_model.items():
         (repo / name / "1").mkdir(parents=True)
         shutil.copy(source / "1" / "model.py", repo / name / "1" / "model.py")
         config = (source / "config.pbtxt").read_text().replace('"py_strings"', f'"{name}"')
@@ -74,3 +86,28 @@ def test_instance_names_match(
         reference = _instances(theirs.http_url, model, count)
         assert len(reference) == count, reference
         assert _instances(ours.http_url, model, count) == reference, model
+
+
+def test_instance_group_checks_match(
+    tmp_path: Path, our_server: OurFactory, triton_server: TritonFactory
+) -> None:
+    repo = _repo(tmp_path, CHECKED)
+    args = ["--exit-on-error=false"]
+    ours = our_server(repo, args, ready_path="/v2/health/live")
+    theirs = triton_server(repo, args, ready_path="/v2/health/live")
+    indexes = []
+    for server in (ours, theirs):
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            indexes.append({row["name"]: row for row in client.get_model_repository_index()})
+    ours_index, theirs_index = indexes
+    assert set(ours_index) == set(theirs_index) == set(CHECKED)
+    for name in CHECKED:
+        mine, reference = ours_index[name], theirs_index[name]
+        assert mine["state"] == reference["state"], (name, mine, reference)
+        # tritonserver puts its status code's name before the message ("Invalid argument: ").
+        assert reference.get("reason", "").endswith(mine.get("reason", "")), (mine, reference)
+        assert bool(mine.get("reason")) == bool(reference.get("reason")), (mine, reference)
+    assert {n for n, row in theirs_index.items() if row["state"] == "READY"} == {
+        "count_zero",
+        "count_negative",
+    }
