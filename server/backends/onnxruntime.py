@@ -180,7 +180,11 @@ class OnnxRuntimeBackend(Backend):
                 tensor = existing.add()
                 tensor.name = name
                 tensor.data_type = mc.DataType.Value(_ORT_TO_CONFIG.get(ort_type, "TYPE_INVALID"))
-                tensor.dims.extend(dims[strip:])
+                tensor.dims.extend(dims[strip:] or [1])
+                if not dims[strip:] and config.max_batch_size > 0:
+                    # 'dims' cannot be empty: one element per batch item, fed to the model
+                    # without that dimension (Triton's onnxruntime backend does the same).
+                    tensor.reshape.SetInParent()
         if config.max_batch_size > 1 and config.WhichOneof("scheduling_choice") is None:
             config.dynamic_batching.SetInParent()
 

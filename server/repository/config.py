@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -109,8 +110,8 @@ def fill_backend_fields(config: Any, name: str, model_dir: Path) -> None:
     """Fill whichever of platform, backend and default_model_filename is missing."""
     if config.name and config.name != name:
         raise ConfigReadError(
-            f"unexpected model name '{config.name}' in the configuration of model '{name}': "
-            "the name must match the model directory"
+            f"unexpected directory name '{name}' for model '{config.name}', "
+            "directory name must equal model name"
         )
     config.name = name
     if not config.backend and config.platform in PLATFORMS:
@@ -139,9 +140,6 @@ def normalize(config: Any, gpu_count: int) -> None:
     """Apply the defaults Triton applies, so GET .../config shows the same values."""
     if not config.HasField("version_policy"):
         config.version_policy.latest.num_versions = 1
-    elif config.version_policy.WhichOneof("policy_choice") == "latest":
-        if config.version_policy.latest.num_versions == 0:
-            config.version_policy.latest.num_versions = 1
     if config.HasField("dynamic_batching") and config.max_batch_size > 0:
         if not config.dynamic_batching.preferred_batch_size:
             config.dynamic_batching.preferred_batch_size.append(config.max_batch_size)
@@ -176,30 +174,83 @@ def validate(config: Any) -> None:
     if not config.input and config.platform != "ensemble" and config.backend != "python":
         raise invalid_arg(f"model input must be specified for {name}")
     for kind, tensors in (("input", config.input), ("output", config.output)):
-        seen: set[str] = set()
         for tensor in tensors:
             if not tensor.name:
                 raise invalid_arg(f"model {kind} must specify 'name' for {name}")
-            if tensor.name in seen:
-                raise invalid_arg(f"model {kind} '{tensor.name}' appears more than once for {name}")
-            seen.add(tensor.name)
             if tensor.data_type == mc.TYPE_INVALID:
                 raise invalid_arg(
                     f"model {kind} '{tensor.name}' must specify 'data_type' for {name}"
                 )
-            for dim in tensor.dims:
-                if dim < -1 or dim == 0:
-                    raise invalid_arg(
-                        f"model {kind} '{tensor.name}' dimension must be integer >= 1, or -1 to "
-                        f"indicate a variable-size dimension, for {name}"
-                    )
-            if not tensor.dims and not tensor.HasField("reshape") and config.max_batch_size == 0:
-                raise invalid_arg(f"model {kind} '{tensor.name}' must specify 'dims' for {name}")
+            _validate_shape(tensor, f"model {kind} '{tensor.name}' ", config)
+    for batch_input in config.batch_input:
+        for source in batch_input.source_input:
+            if source not in {tensor.name for tensor in config.input}:
+                raise invalid_arg(f"unknown source input name '{source}' for {name}")
+    if config.HasField("ensemble_scheduling") and config.platform != "ensemble":
+        raise invalid_arg(
+            f"ensemble scheduling cannot be set for model '{name}' whose platform is not ensemble"
+        )
     if config.HasField("dynamic_batching"):
         _validate_dynamic_batching(config)
     for group in config.instance_group:
         if group.count < 1:
             raise invalid_arg(f"instance group {group.name} of model {name} must have count >= 1")
+
+
+def _validate_shape(tensor: Any, prefix: str, config: Any) -> None:
+    """Triton's checks of one tensor's ``dims`` and ``reshape``; ``prefix`` names the tensor."""
+    suffix = f" for {config.name}"
+    if not tensor.dims:
+        raise invalid_arg(f"{prefix}must specify 'dims'{suffix}")
+    has_reshape = tensor.HasField("reshape")
+    reshape = list(tensor.reshape.shape)
+    if has_reshape and not reshape and config.max_batch_size == 0:
+        raise invalid_arg(f"{prefix}cannot have empty reshape for non-batching model{suffix}")
+    variable = "to indicate a variable-size dimension"
+    if any(dim < 1 and dim != -1 for dim in tensor.dims):
+        raise invalid_arg(f"{prefix}dimension must be integer >= 1, or -1 {variable}{suffix}")
+    if not has_reshape:
+        return
+    if any(dim < 1 and dim != -1 for dim in reshape):
+        raise invalid_arg(
+            f"{prefix}reshape dimensions must be integer >= 1, or -1 {variable}{suffix}"
+        )
+    # Both shapes hold as many elements, or both have variable-size dimensions; an empty
+    # reshape takes dims of one element.
+    dims_count, reshape_count = _element_count(tensor.dims), _element_count(reshape)
+    if dims_count != reshape_count and (reshape_count != 0 or dims_count != 1):
+        raise invalid_arg(f"{prefix}has different size for dims and reshape{suffix}")
+    if dims_count == -1:
+        # Runs of fixed dimensions between variable ones are compared one by one, so
+        # [2, 4, -1, 6] may become [8, -1, 1, 6].
+        dims_runs, reshape_runs = _runs(tensor.dims), _runs(reshape)
+        if len(dims_runs) != len(reshape_runs):
+            raise invalid_arg(
+                f"{prefix}has different number of variable-size dimensions for dims and "
+                f"reshape{suffix}"
+            )
+        if dims_runs != reshape_runs:
+            raise invalid_arg(f"{prefix}has different size for dims and reshape{suffix}")
+
+
+def _element_count(shape: Any) -> int:
+    """-1 when a dimension is variable, 0 for no dimensions, else the product."""
+    if any(dim == -1 for dim in shape):
+        return -1
+    return math.prod(shape) if len(shape) else 0
+
+
+def _runs(shape: Any) -> list[int]:
+    """The element counts of the runs of fixed dimensions that -1 dimensions separate."""
+    runs, count = [], 1
+    for dim in shape:
+        if dim == -1:
+            runs.append(count)
+            count = 1
+        else:
+            count *= dim
+    runs.append(count)
+    return runs
 
 
 # Triton's --min-supported-compute-capability default, which its messages quote.
@@ -247,7 +298,7 @@ def _validate_dynamic_batching(config: Any) -> None:
             )
     if batching.preserve_ordering and levels > 1:
         raise invalid_arg(
-            f"dynamic batching preserve ordering cannot be used with multiple priority levels for {name}"
+            f"Only one priority level is allowed when 'preserve_ordering' is true for {name}"
         )
 
 

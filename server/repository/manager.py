@@ -372,7 +372,7 @@ def select_versions(config: Any, available: dict[int, Path]) -> dict[int, Path]:
         return dict(available)
     if choice == "specific":
         return {v: available[v] for v in policy.specific.versions if v in available}
-    count = policy.latest.num_versions or 1
+    count = policy.latest.num_versions  # 0 selects none, and the load fails, as in Triton
     return {v: available[v] for v in sorted(available, reverse=True)[:count]}
 
 
@@ -441,7 +441,9 @@ def _read_labels(config: Any, model_dir: Path) -> dict[str, tuple[str, ...]]:
             try:
                 labels[output.name] = tuple(path.read_text().splitlines())
             except OSError as exc:
-                raise invalid_arg(f"unable to read label file '{path}': {exc.strerror}") from None
+                raise invalid_arg(
+                    f"failed to open text file for read {path}: {exc.strerror}"
+                ) from None
     return labels
 
 
