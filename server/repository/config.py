@@ -65,14 +65,16 @@ class ConfigReadError(ServerError):
 
 
 def version_dirs(model_dir: Path) -> dict[int, Path]:
-    """Numeric version directories; names that are not numbers or start with 0 are ignored."""
+    """Numeric version directories ("0" included); names that are not numbers, or that have
+    leading zeros, are ignored."""
     found: dict[int, Path] = {}
     try:
         entries = list(os.scandir(model_dir))
     except OSError:
         return found
     for entry in entries:
-        if entry.is_dir() and entry.name.isdigit() and not entry.name.startswith("0"):
+        canonical = entry.name.isdigit() and str(int(entry.name)) == entry.name
+        if entry.is_dir() and canonical:
             found[int(entry.name)] = Path(entry.path)
     return found
 
@@ -182,10 +184,15 @@ def validate(config: Any) -> None:
                     f"model {kind} '{tensor.name}' must specify 'data_type' for {name}"
                 )
             _validate_shape(tensor, f"model {kind} '{tensor.name}' ", config)
-    for batch_input in config.batch_input:
-        for source in batch_input.source_input:
-            if source not in {tensor.name for tensor in config.input}:
-                raise invalid_arg(f"unknown source input name '{source}' for {name}")
+            if tensor.is_shape_tensor:
+                raise invalid_arg(
+                    f"shape tensors are only supported for TensorRT platform for {name}"
+                )
+    for tensor in config.input:
+        if tensor.format in (mc.ModelInput.FORMAT_NHWC, mc.ModelInput.FORMAT_NCHW):
+            if len(tensor.dims) != 3:
+                raise invalid_arg(f"model input NHWC/NCHW require 3 dims for {name}")
+    _validate_batch_io(config)
     if config.HasField("ensemble_scheduling") and config.platform != "ensemble":
         raise invalid_arg(
             f"ensemble scheduling cannot be set for model '{name}' whose platform is not ensemble"
@@ -195,6 +202,44 @@ def validate(config: Any) -> None:
     for group in config.instance_group:
         if group.count < 1:
             raise invalid_arg(f"instance group {group.name} of model {name} must have count >= 1")
+
+
+def _validate_batch_io(config: Any) -> None:
+    """Triton's checks of ``batch_input`` and ``batch_output``."""
+    name = config.name
+    inputs = {tensor.name for tensor in config.input}
+    outputs = {tensor.name for tensor in config.output}
+    for batch_input in config.batch_input:
+        if len(batch_input.source_input) != 1:
+            kind = mc.BatchInput.Kind.Name(batch_input.kind)
+            raise invalid_arg(
+                f"batch input kind '{kind}' expects 1 source input, got "
+                f"{len(batch_input.source_input)} for {name}"
+            )
+        if batch_input.data_type not in (mc.TYPE_INT32, mc.TYPE_FP32):
+            raise invalid_arg(f"batch input data type must be TYPE_INT32 or TYPE_FP32 for {name}")
+        for source in batch_input.source_input:
+            if source not in inputs:
+                raise invalid_arg(f"unknown source input name '{source}' for {name}")
+    for batch_output in config.batch_output:
+        if len(batch_output.source_input) != 1:
+            kind = mc.BatchOutput.Kind.Name(batch_output.kind)
+            raise invalid_arg(
+                f"batch output kind '{kind}' expects 1 source input, got "
+                f"{len(batch_output.source_input)} for {name}"
+            )
+        for source in batch_output.source_input:
+            if source not in inputs:
+                raise invalid_arg(f"unknown source input name '{source}' for {name}")
+        targets: set[str] = set()
+        for target in batch_output.target_name:
+            if target not in outputs:
+                raise invalid_arg(f"unknown target output name '{target}' for {name}")
+            if target in targets:
+                raise invalid_arg(
+                    f"target output name '{target}' can only be specified once for {name}"
+                )
+            targets.add(target)
 
 
 def _validate_shape(tensor: Any, prefix: str, config: Any) -> None:
@@ -276,6 +321,12 @@ def validate_instance_groups(config: Any, gpu_count: int) -> None:
         elif group.gpus:
             kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
             raise invalid_arg(f"{prefix} has kind {kind} but specifies one or more GPUs")
+        if group.profile:
+            # Triton's message runs the platform into the next word; kept as it is.
+            raise invalid_arg(
+                f"{prefix} and platform {config.platform}specifies profile field which is only "
+                "supported for TensorRT models"
+            )
 
 
 def _validate_dynamic_batching(config: Any) -> None:
@@ -284,7 +335,7 @@ def _validate_dynamic_batching(config: Any) -> None:
     for size in batching.preferred_batch_size:
         if size < 1:
             raise invalid_arg(f"dynamic batching preferred size must be positive for {name}")
-        if config.max_batch_size > 0 and size > config.max_batch_size:
+        if size > config.max_batch_size:
             raise invalid_arg(
                 f"dynamic batching preferred size must be <= max batch size for {name}"
             )
@@ -296,10 +347,18 @@ def _validate_dynamic_batching(config: Any) -> None:
             raise invalid_arg(
                 f"priority queue policy must have priority level in range [1, {levels}] for {name}"
             )
-    if batching.preserve_ordering and levels > 1:
-        raise invalid_arg(
-            f"Only one priority level is allowed when 'preserve_ordering' is true for {name}"
-        )
+    if batching.preserve_ordering:
+        if levels > 1:
+            raise invalid_arg(
+                f"Only one priority level is allowed when 'preserve_ordering' is true for {name}"
+            )
+        policies = [batching.default_queue_policy, *batching.priority_queue_policy.values()]
+        delay = mc.ModelQueuePolicy.DELAY
+        if any(p.default_timeout_microseconds and p.timeout_action == delay for p in policies):
+            raise invalid_arg(
+                "Queue policy can not have DELAY as timeout action when 'preserve_ordering' is "
+                f"true for {name}"
+            )
 
 
 def log_unused_fields(config: Any) -> None:

@@ -1,5 +1,5 @@
 """Configuration checks against tritonserver: a repository of Python models whose configs
-break one rule each (or sit at an edge Triton accepts), served by both servers with
+break one rule each (or sit at an edge Triton accepts, such as a version directory "0"), served by both servers with
 --exit-on-error=false. Where tritonserver reports a state, the states must match and its
 reason must end with ours (it puts its status code's name first). Where it fails the model
 before giving it a state (a config it cannot take, or no version to load), it logs why; ours
@@ -74,18 +74,46 @@ CASES = {
     + '\nbatch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "N" data_type: TYPE_FP32 '
     'source_input: "NOPE" } ]',
     "name_mismatch": "NAME other_name\nmax_batch_size: 0\n" + IO,
+    "nhwc_two_dims": "max_batch_size: 0\n" + _input("dims: [ 2, 2 ] format: FORMAT_NHWC"),
+    "shape_tensor": "max_batch_size: 0\n" + _input("dims: [ -1 ] is_shape_tensor: true"),
+    "profile": "max_batch_size: 0\n"
+    + IO
+    + '\ninstance_group [ { kind: KIND_CPU profile: [ "0" ] } ]',
+    "batch_input_two_sources": "max_batch_size: 4\n"
+    + IO
+    + '\nbatch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "N" data_type: TYPE_INT32 '
+    'source_input: [ "TEXT", "TEXT" ] } ]',
+    "batch_input_fp64": "max_batch_size: 4\n"
+    + IO
+    + '\nbatch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "N" data_type: TYPE_FP64 '
+    'source_input: "TEXT" } ]',
+    "batch_output_target": "max_batch_size: 4\n"
+    + IO
+    + '\nbatch_output [ { target_name: [ "NOPE" ] kind: BATCH_SCATTER_WITH_INPUT_SHAPE '
+    'source_input: [ "TEXT" ] } ]',
+    "preferred_without_batching": "max_batch_size: 0\n"
+    + IO
+    + "\ndynamic_batching { preferred_batch_size: [ 2 ] }",
+    "preserve_ordering_delay": "max_batch_size: 4\n"
+    + IO
+    + "\ndynamic_batching { preserve_ordering: true default_queue_policy { "
+    "timeout_action: DELAY default_timeout_microseconds: 100 } }",
+    "version_zero": "VERSION 0\nmax_batch_size: 0\n" + IO,
 }
 
 
 def _repo(base: Path) -> Path:
     repo = base / "repo"
     for name, body in CASES.items():
-        (repo / name / "1").mkdir(parents=True)
-        shutil.copy(HERE / "py_strings" / "1" / "model.py", repo / name / "1" / "model.py")
-        config_name = name
+        config_name, version = name, "1"
         if body.startswith("NAME "):
             first, body = body.split("\n", 1)
             config_name = first.split()[1]
+        if body.startswith("VERSION "):
+            first, body = body.split("\n", 1)
+            version = first.split()[1]
+        (repo / name / version).mkdir(parents=True)
+        shutil.copy(HERE / "py_strings" / "1" / "model.py", repo / name / version / "model.py")
         header = f'name: "{config_name}"\nbackend: "python"\n'
         (repo / name / "config.pbtxt").write_text(header + body + "\n")
     return repo
@@ -125,4 +153,5 @@ def test_config_checks_match(
     assert {n for n, row in theirs.items() if row.get("state") == "READY"} == {
         "reshape_ok",
         "duplicate_input",
+        "version_zero",
     }
