@@ -44,7 +44,6 @@ _FILE_TO_BACKEND = {"model.onnx": "onnxruntime", "model.py": "python", "model.pt
 _NOT_ACTED_ON = (
     "sequence_batching",
     "ensemble_scheduling",
-    "model_warmup",
     "batch_input",
     "batch_output",
     "model_operations",

@@ -29,6 +29,7 @@ from server.errors import (
 )
 from server.repository import config as cfg
 from server.repository.view import ModelView, build_view
+from server.repository.warmup import warmup
 from server.scheduler.base import Scheduler
 from server.stats import ModelStats
 
@@ -337,7 +338,15 @@ class ModelManager:
             try:
                 view = build_view(config, str(number), labels)
                 specs = instance_specs(config, gpus)
-                instances = [backend.load(config, view, version_dir, spec) for spec in specs]
+                instances = []
+                try:
+                    for spec in specs:
+                        instances.append(backend.load(config, view, version_dir, spec))
+                        warmup(config, view, instances[-1], spec.name, model_dir)
+                except BaseException:
+                    for instance in instances:
+                        _unload_quietly(instance)
+                    raise
                 prepared[number] = (view, instances, specs, time.monotonic() - started)
                 for spec in specs:
                     where = spec.kind if spec.kind != "GPU" else _describe_gpu(spec, gpus)
@@ -414,6 +423,14 @@ def _auto_groups(config: Any) -> list[str]:
         for index, group in enumerate(config.instance_group)
         if group.kind == mc.ModelInstanceGroup.KIND_AUTO
     ]
+
+
+def _unload_quietly(instance: ModelInstance) -> None:
+    """Release an instance of a version that failed to load; its own failure is only logged."""
+    try:
+        instance.unload()
+    except Exception:
+        log.exception("unloading an instance of a version that failed to load")
 
 
 def _auto_groups_on_cpu(config: Any) -> None:
