@@ -208,37 +208,33 @@ def _validate_batch_io(config: Any) -> None:
     name = config.name
     inputs = {tensor.name for tensor in config.input}
     outputs = {tensor.name for tensor in config.output}
-    for batch_input in config.batch_input:
-        if len(batch_input.source_input) != 1:
-            kind = mc.BatchInput.Kind.Name(batch_input.kind)
+    # Inputs first, then outputs, as Triton walks them; only inputs have a data type to check
+    # and only outputs have targets.
+    entries = [
+        ("batch input", mc.BatchInput.Kind.Name(b.kind), b.source_input, b.data_type, ())
+        for b in config.batch_input
+    ] + [
+        ("batch output", mc.BatchOutput.Kind.Name(b.kind), b.source_input, None, b.target_name)
+        for b in config.batch_output
+    ]
+    for what, kind, sources, datatype, targets in entries:
+        if len(sources) != 1:
             raise invalid_arg(
-                f"batch input kind '{kind}' expects 1 source input, got "
-                f"{len(batch_input.source_input)} for {name}"
+                f"{what} kind '{kind}' expects 1 source input, got {len(sources)} for {name}"
             )
-        if batch_input.data_type not in (mc.TYPE_INT32, mc.TYPE_FP32):
+        if datatype is not None and datatype not in (mc.TYPE_INT32, mc.TYPE_FP32):
             raise invalid_arg(f"batch input data type must be TYPE_INT32 or TYPE_FP32 for {name}")
-        for source in batch_input.source_input:
-            if source not in inputs:
-                raise invalid_arg(f"unknown source input name '{source}' for {name}")
-    for batch_output in config.batch_output:
-        if len(batch_output.source_input) != 1:
-            kind = mc.BatchOutput.Kind.Name(batch_output.kind)
-            raise invalid_arg(
-                f"batch output kind '{kind}' expects 1 source input, got "
-                f"{len(batch_output.source_input)} for {name}"
-            )
-        for source in batch_output.source_input:
-            if source not in inputs:
-                raise invalid_arg(f"unknown source input name '{source}' for {name}")
-        targets: set[str] = set()
-        for target in batch_output.target_name:
+        if sources[0] not in inputs:
+            raise invalid_arg(f"unknown source input name '{sources[0]}' for {name}")
+        seen: set[str] = set()
+        for target in targets:
             if target not in outputs:
                 raise invalid_arg(f"unknown target output name '{target}' for {name}")
-            if target in targets:
+            if target in seen:
                 raise invalid_arg(
                     f"target output name '{target}' can only be specified once for {name}"
                 )
-            targets.add(target)
+            seen.add(target)
 
 
 def _validate_shape(tensor: Any, prefix: str, config: Any) -> None:

@@ -282,12 +282,16 @@ class ModelManager:
             backend_holder["auto_groups"] = _auto_groups(config)
             backend = get_backend(config.backend) if config.backend else None
             backend_holder["backend"] = backend
-            if backend is not None and gpus and backend_holder["auto_groups"]:
-                reason = backend.gpu_unusable_reason()
+            if backend is not None and backend_holder["auto_groups"]:
+                # Without a GPU normalization puts KIND_AUTO on the CPU; with one that the
+                # backend cannot use, it is put there here.
+                reason = "no usable GPU was found" if not gpus else backend.gpu_unusable_reason()
                 if reason is not None:
-                    _auto_groups_on_cpu(config)
+                    if gpus:
+                        _auto_groups_on_cpu(config)
                     for group in backend_holder["auto_groups"]:
-                        log.warning(
+                        log.log(
+                            logging.WARNING if gpus else logging.INFO,
                             "model '%s': instance group '%s' is KIND_AUTO and %s; running it on CPU",
                             name,
                             group,
@@ -312,13 +316,6 @@ class ModelManager:
                 raise
             raise
         cfg.log_unused_fields(config)
-        if not gpus:
-            for group in backend_holder.get("auto_groups", ()):
-                log.info(
-                    "model '%s': instance group '%s' is KIND_AUTO and no usable GPU was found; running it on CPU",
-                    name,
-                    group,
-                )
         backend = backend_holder.get("backend")
         if backend is None and config.platform == "ensemble":
             raise unsupported(

@@ -142,3 +142,19 @@ def our_server() -> Iterator[OurFactory]:
             return stack.enter_context(run_server(args, ready_path=ready_path, services=("http",)))
 
         yield start
+
+
+def repository_index(url: str) -> dict[str, dict[str, str]]:
+    """A server's repository index by model name."""
+    import tritonclient.http as httpclient
+
+    with httpclient.InferenceServerClient(url) as client:
+        return {row["name"]: row for row in client.get_model_repository_index()}
+
+
+def assert_same_outcome(name: str, mine: dict[str, str], reference: dict[str, str]) -> None:
+    """The same state, and the same reason where there is one: tritonserver's starts with its
+    status code's name ("Invalid argument: "), ours is the message alone."""
+    assert mine["state"] == reference["state"], (name, mine, reference)
+    assert reference.get("reason", "").endswith(mine.get("reason", "")), (name, mine, reference)
+    assert bool(mine.get("reason")) == bool(reference.get("reason")), (name, mine, reference)
