@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py --all                 # everything, 3 repeats (about 30 min)
     .venv/bin/python bench/run.py --quick               # 1 repeat, short runs (a smoke test)
     .venv/bin/python bench/run.py --group identity --target ours --target mlserver
+    .venv/bin/python bench/run.py --group mlp --protocol grpc --concurrency-range 8:64:8
 
 Servers run one at a time; each repeat starts each server afresh and runs all its scenarios,
 so a drift in the machine's background load touches every server alike. Results go to
@@ -137,6 +138,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--protocol", action="append", choices=["http-json", "http-binary", "grpc"])
     parser.add_argument("--target", action="append", choices=sorted(TARGETS))
+    parser.add_argument(
+        "--concurrency-range",
+        metavar="START:END:STEP",
+        help="sweep the chosen scenarios over these concurrency levels, as perf_analyzer's "
+        "option of that name does (end inclusive, each part 1 by default); the report goes to "
+        "bench/results/sweep/ unless --out says otherwise",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     parser.add_argument(
@@ -151,9 +159,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=Path(os.environ.get("TMPDIR", "/tmp")) / "bench-models" / models.fingerprint(),
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--from-raw", type=Path, nargs="+", help="report from raw runs, no load")
     args = parser.parse_args(argv)
+    args.concurrencies = None
+    if args.concurrency_range:
+        try:
+            args.concurrencies = scenarios.concurrency_range(args.concurrency_range)
+        except ValueError as exc:
+            parser.error(f"--concurrency-range: {exc}")
+    if args.out is None:
+        args.out = RESULTS / "sweep" if args.concurrencies else RESULTS
     if args.quick:
         args.repeats, args.duration, args.warmup = 1, 3.0, 1.0
     return args
@@ -197,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_raw:
         return from_raw(args.from_raw, args.out, args.duration, args.warmup)
     chosen = scenarios.select(
-        set(args.group or ()), set(args.protocol or ()), set(args.target or ())
+        set(args.group or ()), set(args.protocol or ()), set(args.target or ()), args.concurrencies
     )
     names = [n for n in TARGETS if any(n in s.targets for s in chosen)]
     targets: list[Target] = []

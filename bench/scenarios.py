@@ -43,20 +43,49 @@ def all_scenarios() -> list[Scenario]:
     return out
 
 
+def concurrency_range(text: str) -> list[int]:
+    """perf_analyzer's ``--concurrency-range start:end:step``: from start to end inclusive in
+    strides of step, each defaulting to 1; without an end, start alone."""
+    parts = text.split(":")
+    if len(parts) > 3 or not all(p.strip().isdigit() for p in parts if p.strip()):
+        raise ValueError(f"expected start[:end[:step]] with whole numbers, got {text!r}")
+    values = [int(p) if p.strip() else 1 for p in parts]
+    start = values[0]
+    end = values[1] if len(values) > 1 else start
+    step = values[2] if len(values) > 2 else 1
+    if start < 1:
+        raise ValueError(f"the start of the concurrency range must be at least 1, got {start}")
+    if end == 0:
+        raise ValueError(
+            "an open-ended concurrency range (end 0) needs a latency threshold, which this "
+            "benchmark does not search by; give an end"
+        )
+    if end < start:
+        raise ValueError(f"the end of the concurrency range ({end}) is below its start ({start})")
+    if step < 1:
+        raise ValueError(f"the step of the concurrency range must be at least 1, got {step}")
+    return list(range(start, end + 1, step))
+
+
 def select(
-    groups: set[str] | None, protocols: set[str] | None, targets: set[str] | None
+    groups: set[str] | None,
+    protocols: set[str] | None,
+    targets: set[str] | None,
+    concurrencies: list[int] | None = None,
 ) -> list[Scenario]:
-    chosen = []
+    """The scenarios of the chosen groups, protocols and servers. With ``concurrencies``, each
+    chosen model and protocol runs at those levels instead of its usual ones (a sweep)."""
+    chosen: list[Scenario] = []
     for scenario in all_scenarios():
         if groups and scenario.group not in groups:
             continue
         if protocols and scenario.protocol not in protocols:
             continue
         kept = tuple(t for t in scenario.targets if not targets or t in targets)
-        if kept:
-            chosen.append(
-                Scenario(
-                    scenario.group, scenario.model, scenario.protocol, scenario.concurrency, kept
-                )
-            )
+        if not kept:
+            continue
+        for concurrency in concurrencies or (scenario.concurrency,):
+            swept = Scenario(scenario.group, scenario.model, scenario.protocol, concurrency, kept)
+            if not any(c.key == swept.key for c in chosen):
+                chosen.append(swept)
     return chosen
