@@ -221,8 +221,12 @@ def markdown(summary: dict[str, Any]) -> str:
                 + " | ".join(cells)
                 + f" | {_fmt(row['best'])} (b={row['best_batch']}) |"
             )
+    measured = [c for c in summary["targets"] if c["value"] is not None]
+    if not measured:
+        lines += ["", "Targets: none of them is measured by this selection of scenarios."]
+        return "\n".join(lines) + "\n"
     lines += ["", "Targets:", "", "| target | measured | threshold | met |", "|---|---:|---:|---|"]
-    for c in summary["targets"]:
+    for c in measured:
         sign = ">=" if c["higher_is_better"] else "<="
         met = "n/a" if c["met"] is None else ("yes" if c["met"] else "no")
         lines.append(
