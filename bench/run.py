@@ -100,6 +100,7 @@ def run_target(
                 "protocol": scenario.protocol,
                 "concurrency": scenario.concurrency,
                 "load1": os.getloadavg()[0],
+                "settings": {"duration_s": args.duration, "warmup_s": args.warmup},
             }
             try:
                 good_bytes = measure.check_answer(target, model, scenario)
@@ -199,8 +200,11 @@ def from_raw(paths: list[Path], out: Path, duration: float, warmup: float) -> in
         "load_end": [max(r["load1"] for r in rows.values())] * 3,
         "settings": {
             "repeats": max(r["repeat"] for r in rows.values()) + 1,
-            "duration_s": 5.0,
-            "warmup_s": 2.0,
+            # Rows of runs that did not record their settings take --duration and --warmup.
+            "duration_s": max(
+                r.get("settings", {}).get("duration_s", duration) for r in rows.values()
+            ),
+            "warmup_s": max(r.get("settings", {}).get("warmup_s", warmup) for r in rows.values()),
         },
         "command": "bench/run.py --from-raw " + " ".join(p.name for p in paths),
     }
