@@ -144,6 +144,17 @@ def our_server() -> Iterator[OurFactory]:
         yield start
 
 
+def serve_side_by_side(
+    our_server: OurFactory, triton_server: TritonFactory, repo: Path
+) -> tuple[ServerProcess, TritonProcess]:
+    """Both servers on a repository where some models are meant to fail to load: they go on
+    serving the rest (``--exit-on-error=false``) and are waited for by liveness, since
+    readiness stays false while a model is unavailable."""
+    args = ["--exit-on-error=false"]
+    live = "/v2/health/live"
+    return our_server(repo, args, ready_path=live), triton_server(repo, args, ready_path=live)
+
+
 def repository_index(url: str) -> dict[str, dict[str, str]]:
     """A server's repository index by model name."""
     import tritonclient.http as httpclient

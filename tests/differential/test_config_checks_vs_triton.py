@@ -18,6 +18,7 @@ from tests.differential.conftest import (
     TritonFactory,
     assert_same_outcome,
     repository_index,
+    serve_side_by_side,
 )
 from tests.python_models import HERE
 
@@ -126,10 +127,8 @@ def _repo(base: Path) -> Path:
 def test_config_checks_match(
     tmp_path: Path, our_server: OurFactory, triton_server: TritonFactory
 ) -> None:
-    repo = _repo(tmp_path)
-    args = ["--exit-on-error=false"]
-    ours = repository_index(our_server(repo, args, ready_path="/v2/health/live").http_url)
-    triton = triton_server(repo, args, ready_path="/v2/health/live")
+    ours_process, triton = serve_side_by_side(our_server, triton_server, _repo(tmp_path))
+    ours = repository_index(ours_process.http_url)
     theirs = repository_index(triton.http_url)
     log = triton.log()
     for name in CASES:

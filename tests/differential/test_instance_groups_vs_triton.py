@@ -19,6 +19,7 @@ from tests.differential.conftest import (
     TritonFactory,
     assert_same_outcome,
     repository_index,
+    serve_side_by_side,
 )
 from tests.python_models import HERE
 
@@ -96,12 +97,9 @@ def test_instance_names_match(
 def test_instance_group_checks_match(
     tmp_path: Path, our_server: OurFactory, triton_server: TritonFactory
 ) -> None:
-    repo = _repo(tmp_path, CHECKED)
-    args = ["--exit-on-error=false"]
-    ours_index = repository_index(our_server(repo, args, ready_path="/v2/health/live").http_url)
-    theirs_index = repository_index(
-        triton_server(repo, args, ready_path="/v2/health/live").http_url
-    )
+    ours, triton = serve_side_by_side(our_server, triton_server, _repo(tmp_path, CHECKED))
+    ours_index = repository_index(ours.http_url)
+    theirs_index = repository_index(triton.http_url)
     assert set(ours_index) == set(theirs_index) == set(CHECKED)
     for name in CHECKED:
         assert_same_outcome(name, ours_index[name], theirs_index[name])

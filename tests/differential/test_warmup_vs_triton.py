@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from tests.differential.conftest import OurFactory, TritonFactory
+from tests.differential.conftest import OurFactory, TritonFactory, serve_side_by_side
 
 pytestmark = pytest.mark.triton
 
@@ -134,10 +134,9 @@ def _observe(url: str) -> dict[str, object]:
 def test_warmup_matches(
     tmp_path: Path, our_server: OurFactory, triton_server: TritonFactory
 ) -> None:
-    repo = _repo(tmp_path)
-    args = ["--exit-on-error=false"]
-    ours = _observe(our_server(repo, args, ready_path="/v2/health/live").http_url)
-    theirs = _observe(triton_server(repo, args, ready_path="/v2/health/live").http_url)
+    ours_process, triton = serve_side_by_side(our_server, triton_server, _repo(tmp_path))
+    ours = _observe(ours_process.http_url)
+    theirs = _observe(triton.http_url)
     assert set(ours) == set(theirs) == set(CASES)
     for name in CASES:
         mine, reference = ours[name], theirs[name]
