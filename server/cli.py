@@ -193,6 +193,9 @@ def configure_logging(settings: Settings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
     configure_logging(settings)
+    from server import allocator
     from server.app import run
+
+    allocator.tune()
 
     return run(settings)
