@@ -38,6 +38,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
 from server.net import WriteFlow, no_delay
+from server.protocol.grpc_codec import RawTailMessage
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ _HANDSHAKE_SECS = 120.0
 MAX_MESSAGE_BYTES = 2**31 - 1
 # Messages at least this large are (de)compressed on a worker thread.
 _OFF_LOOP_BYTES = 256 * 1024
+# Frame payloads at least this large are copied out of the read buffer through a view.
+_COPY_THROUGH_VIEW = 4096
 
 _GRPC_CONTENT_TYPE = b"application/grpc"
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
@@ -213,7 +216,19 @@ def parse_timeout(value: bytes) -> float | None:
 _UNREADABLE = "Exception deserializing request!"
 
 
-def _decoded(decode: Callable[[bytes], Any], data: bytes) -> Any:
+def _serialized(message: Any) -> bytes | list[bytes | memoryview]:
+    """A response's bytes, or their pieces for a message made of pieces (large raw tensors)."""
+    if isinstance(message, RawTailMessage):
+        return message.serialized_pieces()
+    return message.SerializeToString()  # type: ignore[no-any-return]
+
+
+def _declared(message: bytes) -> int:
+    """The length a gRPC message's prefix declares."""
+    return int.from_bytes(message[1:5], "big")
+
+
+def _decoded(decode: Callable[[Any], Any], data: bytes | memoryview) -> Any:
     try:
         return decode(data)
     except DecodeError:
@@ -568,6 +583,9 @@ class _Connection(WriteFlow, asyncio.Protocol):
             position = len(_PREFACE)
         size = len(buffer)
         self.reading = True
+        # A large payload is copied out of the buffer once, through a view (a slice of the
+        # bytearray would be a second copy); the view is let go before the buffer shrinks.
+        view: memoryview | None = None
         try:
             while size - position >= 9 and not self.closed:
                 head, flags, stream_id = struct.unpack_from(">IBI", buffer, position)
@@ -577,7 +595,12 @@ class _Connection(WriteFlow, asyncio.Protocol):
                 end = position + 9 + length
                 if end > size:
                     break
-                payload = bytes(buffer[position + 9 : end])
+                if length < _COPY_THROUGH_VIEW:
+                    payload = bytes(buffer[position + 9 : end])
+                else:
+                    if view is None:
+                        view = memoryview(buffer)
+                    payload = bytes(view[position + 9 : end])
                 position = end
                 self._on_frame(kind, flags, stream_id & _MAX_WINDOW, payload)
         except _ConnectionError as error:
@@ -591,6 +614,9 @@ class _Connection(WriteFlow, asyncio.Protocol):
             self.out = []
             self._fail(_ConnectionError(INTERNAL_ERROR, "internal error"))
             return
+        finally:
+            if view is not None:
+                view.release()
         self.reading = False
         del buffer[:position]
         if self.out:
@@ -889,7 +915,7 @@ class _Connection(WriteFlow, asyncio.Protocol):
                 response = await method.handler(request, context)
                 if response is None:
                     raise _Abort(context.code or grpc.StatusCode.UNKNOWN, context.details)
-                await self._send_message(stream, context, response.SerializeToString(), last=True)
+                await self._send_message(stream, context, _serialized(response), last=True)
                 return
         except _Abort as abort:
             code, details = abort.code, abort.details
@@ -910,17 +936,19 @@ class _Connection(WriteFlow, asyncio.Protocol):
             code, details = context.code, context.details
         self._finish(stream, code, details)
 
-    async def _request(self, stream: _Stream, decode: Callable[[bytes], Any]) -> Any:
+    async def _request(self, stream: _Stream, decode: Callable[[Any], Any]) -> Any:
         body = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
         stream.body = []
-        messages = stream.messages(body)
-        if len(messages) != 1 or stream.partial:
-            raise _Abort(grpc.StatusCode.INTERNAL, _UNREADABLE)
-        return _decoded(decode, await self._payload(stream, messages[0]))
+        if not stream.partial and len(body) >= 5 and _declared(body) == len(body) - 5:
+            message = body  # the usual case, one whole message: no copy to split it out
+        else:
+            messages = stream.messages(body)
+            if len(messages) != 1 or stream.partial:
+                raise _Abort(grpc.StatusCode.INTERNAL, _UNREADABLE)
+            message = messages[0]
+        return _decoded(decode, await self._payload(stream, message))
 
-    async def _requests(
-        self, stream: _Stream, decode: Callable[[bytes], Any]
-    ) -> AsyncIterator[Any]:
+    async def _requests(self, stream: _Stream, decode: Callable[[Any], Any]) -> AsyncIterator[Any]:
         inbox = stream.inbox
         assert inbox is not None
         while True:
@@ -934,9 +962,9 @@ class _Connection(WriteFlow, asyncio.Protocol):
                 self._give_back(stream)
             yield _decoded(decode, await self._payload(stream, message))
 
-    async def _payload(self, stream: _Stream, message: bytes) -> bytes:
+    async def _payload(self, stream: _Stream, message: bytes) -> bytes | memoryview:
         if not message[0]:
-            return message[5:]
+            return memoryview(message)[5:]
         wbits = _WBITS.get(stream.encoding)
         if wbits is None:
             raise _Abort(
@@ -957,14 +985,23 @@ class _Connection(WriteFlow, asyncio.Protocol):
             raise _Abort(grpc.StatusCode.INTERNAL, "Failed to decompress the request") from None
 
     async def _send_message(
-        self, stream: _Stream, context: Context, data: bytes, last: bool = False
+        self,
+        stream: _Stream,
+        context: Context,
+        data: bytes | list[bytes | memoryview],
+        last: bool = False,
     ) -> None:
+        """Write one message; ``data`` may come in pieces (``_serialized``). The bytes are
+        joined before anything is awaited, so a model that reuses its output buffers for its
+        next execution cannot change a response on its way out."""
         if stream.local_closed or self.closed:
             raise asyncio.CancelledError()
         head = b""
         flag = b"\x00"
         encoding = _ENCODING_NAMES.get(context.compression) if context.compression else None
         if encoding is not None and encoding in stream.accept:
+            if isinstance(data, list):
+                data = b"".join(data)
             compress = _COMPRESSORS[encoding]
             data = (
                 await asyncio.to_thread(compress, data)
@@ -978,8 +1015,12 @@ class _Connection(WriteFlow, asyncio.Protocol):
             if flag == b"\x01":
                 block += _literal(b"grpc-encoding", encoding.encode())  # type: ignore[union-attr]
             head = _frame(HEADERS, END_HEADERS, stream.id, block)
-        message = flag + len(data).to_bytes(4, "big") + data
-        size = len(message)
+        pieces = data if isinstance(data, list) else [data]
+        length = 0
+        for piece in pieces:
+            length += len(piece)
+        prefix = flag + length.to_bytes(4, "big")
+        size = length + 5
         if (
             size <= self.send_window
             and size <= stream.send_window
@@ -990,19 +1031,15 @@ class _Connection(WriteFlow, asyncio.Protocol):
             # the trailers.
             self.send_window -= size
             stream.send_window -= size
-            frame = _frame_head(DATA, 0, stream.id, size)
+            parts = [head, _frame_head(DATA, 0, stream.id, size), prefix, *pieces]
             if last:
-                self.write(
-                    head
-                    + frame
-                    + message
-                    + _frame(HEADERS, END_HEADERS | END_STREAM, stream.id, _STATUS_OK)
-                )
+                parts.append(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id, _STATUS_OK))
+            self.write(b"".join(parts))
+            if last:
                 self._closed_locally(stream)
-            else:
-                self.write(head + frame + message)
             self._sent_data()
             return
+        message = b"".join([prefix, *pieces])
         if head:
             self.write(head)
         await self._write_data(stream, memoryview(message))

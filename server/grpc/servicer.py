@@ -80,7 +80,7 @@ class InferenceServicer(ControlRpcs, pb_grpc.GRPCInferenceServiceServicer):
         # Written out rather than wrapped: this is the hot path.
         try:
             response = await self.core.infer(grpc_codec.decode_infer_request(request))
-            message = grpc_codec.encode_infer_response(response)
+            message = grpc_codec.encode_unary_response(response)
         except ServerError as exc:
             await context.abort(status_of(exc.code), exc.message)
         if self.compression is not None:

@@ -228,10 +228,37 @@ def _decode_output(output: Any) -> RequestedOutput:
 
 
 def encode_infer_response(response: InferResponse, extra: Mapping[str, Any] | None = None) -> Any:
+    message, raws = _encode_head(response, extra)
+    message.raw_output_contents.extend(
+        [raw if isinstance(raw, bytes) else raw.tobytes() for raw in raws]
+    )
+    return message
+
+
+def encode_unary_response(response: InferResponse) -> Any:
+    """ModelInfer's answer: the message, or, when its raw outputs come to
+    ``PIECES_THRESHOLD`` bytes or more, a ``RawTailMessage`` that carries the tensors' own
+    buffers instead of copies of them."""
+    message, raws = _encode_head(response, None)
+    size = 0
+    for raw in raws:
+        size += len(raw)
+    if size < PIECES_THRESHOLD:
+        message.raw_output_contents.extend(
+            [raw if isinstance(raw, bytes) else raw.tobytes() for raw in raws]
+        )
+        return message
+    return RawTailMessage(message.SerializeToString(), raws)
+
+
+def _encode_head(
+    response: InferResponse, extra: Mapping[str, Any] | None
+) -> tuple[Any, list[bytes | memoryview]]:
+    """The response message without its raw contents, and those contents (byte views)."""
     message = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
-    raws: list[bytes] = []
+    raws: list[bytes | memoryview] = []
     outputs = message.outputs
     for tensor in response.outputs:
         entry = outputs.add()
@@ -241,14 +268,51 @@ def encode_infer_response(response: InferResponse, extra: Mapping[str, Any] | No
         if tensor.parameters and REGION in tensor.parameters:
             raws.append(b"")  # written to the client's region; the slot stays for the index
             continue
-        raw = to_bytes(tensor.data, tensor.datatype)
-        raws.append(raw if isinstance(raw, bytes) else raw.tobytes())
-    message.raw_output_contents.extend(raws)
+        raws.append(to_bytes(tensor.data, tensor.datatype))
     if response.parameters:
         set_parameters(message.parameters, response.parameters)
     if extra:
         set_parameters(message.parameters, extra)
-    return message
+    return message, raws
+
+
+# raw_output_contents is ModelInferResponse's field 6, bytes (wire type 2), and its highest
+# field number: written after the rest of the message, its entries are where protobuf's own
+# serializer puts them.
+_RAW_OUTPUT_TAG = b"\x32"
+PIECES_THRESHOLD = 64 * 1024
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+class RawTailMessage:
+    """A serialized ModelInferResponse in pieces: the message without its raw contents, as
+    protobuf serializes it, then each raw_output_contents entry as its tag, its length and
+    the output tensor's own buffer. The gRPC listener writes the pieces to the socket as
+    they are; anything else can ask for the joined bytes."""
+
+    __slots__ = ("pieces",)
+
+    def __init__(self, head: bytes, raws: list[bytes | memoryview]) -> None:
+        pieces: list[bytes | memoryview] = [head]
+        for raw in raws:
+            pieces.append(_RAW_OUTPUT_TAG + _varint(len(raw)))
+            if len(raw):
+                pieces.append(raw)
+        self.pieces = pieces
+
+    def serialized_pieces(self) -> list[bytes | memoryview]:
+        return self.pieces
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - protobuf's name, for duck typing
+        return b"".join(self.pieces)
 
 
 def encode_stream_error(request_id: str, error_message: str, final: bool | None = None) -> Any:

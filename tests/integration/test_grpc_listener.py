@@ -24,6 +24,7 @@ from server.grpc import listener as listener_module
 from server.grpc.listener import GrpcListener, method_table
 from server.protocol.generated import grpc_service_pb2 as pb
 from server.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+from server.protocol.grpc_codec import RawTailMessage
 
 TIMEOUT = 10.0
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -59,9 +60,16 @@ class Servicer:
             except asyncio.CancelledError:
                 self.cancelled.set()
                 raise
-        if name == "zip":
+        if name.startswith("zip"):
             context.set_compression(grpc.Compression.Gzip)
         response = pb.ModelInferResponse(model_name=name, id=request.id)
+        if name.endswith("pieces"):
+            # The echo in pieces, from a buffer that changes as soon as the handler returns:
+            # what goes out must be the bytes as they were when it returned.
+            buffers = [bytearray(raw) for raw in request.raw_input_contents]
+            for buffer in buffers:
+                asyncio.get_running_loop().call_soon(buffer.__setitem__, slice(None, 5), b"XXXXX")
+            return RawTailMessage(response.SerializeToString(), [memoryview(b) for b in buffers])
         response.raw_output_contents.extend(request.raw_input_contents)
         return response
 
@@ -195,6 +203,52 @@ async def test_large_messages_cross_the_flow_control_windows(served: Any) -> Non
     for i, reply in enumerate(replies):
         assert reply.model_name == str(i)
         assert reply.raw_output_contents[0] == big
+
+
+@pytest.mark.parametrize("name", ["pieces", "zip-pieces"])
+async def test_a_response_in_pieces_arrives_as_one_message(served: Any, name: str) -> None:
+    """Raw outputs handed over as buffers (grpc_codec.RawTailMessage), plain and compressed,
+    small and across the client's windows, arrive as the buffers were when the handler
+    returned."""
+    _, _, port = served
+    channel, stub = _stub(port)
+    sizes = [0, 100, 70_000, 3 * 1024 * 1024]
+    raws = [bytes(range(256)) * (size // 256) + bytes(size % 256) for size in sizes]
+    async with channel:
+        reply = await stub.ModelInfer(
+            pb.ModelInferRequest(model_name=name, id="p", raw_input_contents=raws),
+            timeout=TIMEOUT,
+        )
+    assert (reply.model_name, reply.id) == (name, "p")
+    assert list(reply.raw_output_contents) == raws
+
+
+async def test_a_response_in_pieces_fits_one_frame_when_the_windows_allow(served: Any) -> None:
+    """A client with large windows and frames gets headers, the whole message in one DATA
+    frame and the trailers."""
+    _, _, port = served
+    client = await RawClient.open(port)
+    try:
+        client.conn.update_settings(
+            {
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: 2**24 - 1,
+            }
+        )
+        client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        client.flush()
+        await client.until(h2.events.SettingsAcknowledged)
+        payload = bytes(range(256)) * 1000
+        request = pb.ModelInferRequest(model_name="pieces", raw_input_contents=[payload])
+        client.conn.send_headers(1, client.request_headers())
+        client.conn.send_data(1, _message(request), end_stream=True)
+        client.flush()
+        data, sizes = await client.message()
+        assert len(sizes) == 1
+        assert pb.ModelInferResponse.FromString(data[5:]).raw_output_contents[0] == payload
+        assert await client.status() == b"0"
+    finally:
+        client.close()
 
 
 async def test_messages_over_the_limit_are_refused_unary_and_streaming(

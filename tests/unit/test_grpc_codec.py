@@ -221,3 +221,59 @@ def test_stream_error_keeps_only_the_id() -> None:
     item = grpc_codec.encode_stream_error("r9", "boom")
     assert item.error_message == "boom"
     assert item.infer_response == pb.ModelInferResponse(id="r9")
+
+
+def _large_response() -> InferResponse:
+    big = np.arange(70_000, dtype="<f4").reshape(1, 70_000)
+    return InferResponse(
+        "m",
+        "3",
+        [
+            OutputTensor("BIG", "FP32", (1, 70_000), big),
+            OutputTensor("EMPTY", "FP32", (1, 0), np.zeros((1, 0), "<f4")),
+            OutputTensor("SMALL", "INT32", (1, 3), np.array([[1, 2, 3]], "<i4")),
+            OutputTensor("WORDS", "BYTES", (2,), np.array([b"a", b"bc"], dtype=object)),
+            OutputTensor(
+                "SHM",
+                "FP32",
+                (1, 4),
+                np.zeros((1, 4), "<f4"),
+                {"shared_memory_region": "r", "shared_memory_byte_size": 16},
+            ),
+        ],
+        id="req-9",
+        parameters={"sequence_id": 7},
+    )
+
+
+def test_large_raw_outputs_go_out_in_pieces_that_parse_as_the_whole_message() -> None:
+    response = _large_response()
+    whole = grpc_codec.encode_infer_response(response)
+    pieces = grpc_codec.encode_unary_response(response)
+    assert isinstance(pieces, grpc_codec.RawTailMessage)
+    joined = b"".join(pieces.serialized_pieces())
+    assert joined == pieces.SerializeToString()
+    assert pb.ModelInferResponse.FromString(joined) == whole
+    # raw_output_contents is the message's last field: the bytes are protobuf's own.
+    assert joined == whole.SerializeToString()
+    # The large tensor is the output array's own buffer, not a copy of it.
+    views = [p for p in pieces.serialized_pieces() if isinstance(p, memoryview)]
+    big = response.outputs[0].data
+    assert any(np.shares_memory(np.frombuffer(v, np.uint8), big) for v in views)
+
+
+def test_small_raw_outputs_stay_one_message() -> None:
+    response = InferResponse(
+        "m", "1", [OutputTensor("Y", "FP32", (1, 16), np.ones((1, 16), "<f4"))]
+    )
+    message = grpc_codec.encode_unary_response(response)
+    assert isinstance(message, pb.ModelInferResponse)
+    assert message == grpc_codec.encode_infer_response(response)
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152])
+def test_the_length_of_each_raw_piece_is_protobufs_varint(size: int) -> None:
+    raw = bytes(size)
+    message = grpc_codec.RawTailMessage(b"", [raw])
+    expected = pb.ModelInferResponse(raw_output_contents=[raw]).SerializeToString()
+    assert message.SerializeToString() == expected
