@@ -229,10 +229,7 @@ def _decode_output(output: Any) -> RequestedOutput:
 
 def encode_infer_response(response: InferResponse, extra: Mapping[str, Any] | None = None) -> Any:
     message, raws = _encode_head(response, extra)
-    message.raw_output_contents.extend(
-        [raw if isinstance(raw, bytes) else raw.tobytes() for raw in raws]
-    )
-    return message
+    return _with_raws(message, raws)
 
 
 def encode_unary_response(response: InferResponse) -> Any:
@@ -244,11 +241,15 @@ def encode_unary_response(response: InferResponse) -> Any:
     for raw in raws:
         size += len(raw)
     if size < PIECES_THRESHOLD:
-        message.raw_output_contents.extend(
-            [raw if isinstance(raw, bytes) else raw.tobytes() for raw in raws]
-        )
-        return message
+        return _with_raws(message, raws)
     return RawTailMessage(message.SerializeToString(), raws)
+
+
+def _with_raws(message: Any, raws: list[bytes | memoryview]) -> Any:
+    message.raw_output_contents.extend(
+        [raw if isinstance(raw, bytes) else raw.tobytes() for raw in raws]
+    )
+    return message
 
 
 def _encode_head(
@@ -295,8 +296,9 @@ def _varint(value: int) -> bytes:
 class RawTailMessage:
     """A serialized ModelInferResponse in pieces: the message without its raw contents, as
     protobuf serializes it, then each raw_output_contents entry as its tag, its length and
-    the output tensor's own buffer. The gRPC listener writes the pieces to the socket as
-    they are; anything else can ask for the joined bytes."""
+    the output tensor's own buffer. The gRPC listener joins the pieces straight into what
+    it writes, with no serialized copy of the whole message before that; anything else can
+    ask for the joined bytes."""
 
     __slots__ = ("pieces",)
 
