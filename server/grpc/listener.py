@@ -74,6 +74,8 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 _OFF_LOOP_BYTES = 256 * 1024
 # Frame payloads at least this large are copied out of the read buffer through a view.
 _COPY_THROUGH_VIEW = 4096
+# Unary calls' DATA frames at least this large go to their stream as they arrive.
+_INFLOW_FROM = 64 * 1024
 
 _GRPC_CONTENT_TYPE = b"application/grpc"
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
@@ -94,7 +96,7 @@ class _Inflated(Exception):
         self.size = size
 
 
-def _inflate(data: bytes, wbits: int) -> bytes:
+def _inflate(data: bytes | memoryview, wbits: int) -> bytes:
     """One compressed message, inflated no further than one byte past the message limit."""
     inflater = zlib.decompressobj(wbits)
     out = inflater.decompress(data, MAX_MESSAGE_BYTES + 1)
@@ -223,7 +225,7 @@ def _serialized(message: Any) -> bytes | list[bytes | memoryview]:
     return message.SerializeToString()  # type: ignore[no-any-return]
 
 
-def _declared(message: bytes) -> int:
+def _declared(message: bytes | memoryview) -> int:
     """The length a gRPC message's prefix declares."""
     return int.from_bytes(message[1:5], "big")
 
@@ -404,7 +406,7 @@ class _Stream:
         # in the inbox: those are given back only once the servicer has taken them.
         self.acked = 0
         self.held = 0
-        self.body: list[bytes] = []
+        self.body: list[bytes | memoryview] = []
         self.inbox: asyncio.Queue[bytes | None] | None = None
         self.partial = bytearray()
         self.remote_closed = False
@@ -424,7 +426,7 @@ class _Stream:
             pairs.append((key, value if key.endswith("-bin") else value.decode("latin-1")))
         return tuple(pairs)
 
-    def messages(self, data: bytes) -> list[bytes]:
+    def messages(self, data: bytes | memoryview) -> list[bytes]:
         """Split length-prefixed messages out of what has arrived so far."""
         buffer = self.partial
         buffer += data
@@ -453,6 +455,9 @@ class _Connection(WriteFlow, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.buffer = bytearray()
+        # A large DATA frame whose payload goes to its stream as it arrives:
+        # [the stream or None to drop it, bytes still to come, the frame's flags].
+        self.inflow: list[Any] | None = None
         self.preface = False
         self.decoder = hpack.Decoder(max_header_list_size=_HEADER_LIST_LIMIT)
         self.blocks: dict[bytes, list[tuple[bytes, bytes]]] = {}
@@ -565,8 +570,13 @@ class _Connection(WriteFlow, asyncio.Protocol):
 
     # --- reading --------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        rest: bytes | memoryview = data
+        if self.inflow is not None:
+            rest = self._flow_in(data)
+            if not rest:
+                return
         buffer = self.buffer
-        buffer += data
+        buffer += rest
         position = 0
         if not self.preface:
             if len(buffer) < len(_PREFACE):
@@ -594,6 +604,18 @@ class _Connection(WriteFlow, asyncio.Protocol):
                     raise _ConnectionError(FRAME_SIZE_ERROR, "frame larger than announced")
                 end = position + 9 + length
                 if end > size:
+                    if (
+                        kind == DATA
+                        and length >= _INFLOW_FROM
+                        and not flags & PADDED
+                        and self.continuing is None
+                        and self._unary(stream_id & _MAX_WINDOW)
+                    ):
+                        if view is None:
+                            view = memoryview(buffer)
+                        self._start_inflow(flags, stream_id & _MAX_WINDOW, length)
+                        self._inflow_chunk(bytes(view[position + 9 : size]))
+                        position = size
                     break
                 if length < _COPY_THROUGH_VIEW:
                     payload = bytes(buffer[position + 9 : end])
@@ -830,28 +852,15 @@ class _Connection(WriteFlow, asyncio.Protocol):
             stream.task = self.loop.create_task(self._call(stream, method))
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0:
-            raise _ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
         length = len(payload)
-        self.received += length
-        if self.received >= _MAX_WINDOW // 2:
-            self.out.append(_frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.received)))
-            self.received = 0
-        stream = self.streams.get(stream_id)
-        if stream is None or stream.remote_closed:
-            if stream_id > self.last_stream:
-                raise _ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
-            return  # a stream this side has closed: the bytes are dropped
+        stream = self._data_stream(stream_id, length)
+        if stream is None:
+            return
         if flags & PADDED:
             if not payload or payload[0] >= length:
                 raise _ConnectionError(PROTOCOL_ERROR, "bad padding")
             payload = payload[1 : length - payload[0]]
-        stream.received += length
-        if stream.received > _STREAM_WINDOW + stream.acked:
-            self._reset(stream, FLOW_CONTROL_ERROR)
-            return
-        if stream.inbox is None and stream.received > MAX_MESSAGE_BYTES + 5:
-            self._too_large(stream, stream.received - 5)
+        if not self._admit(stream, length):
             return
         if stream.inbox is not None:
             if payload:
@@ -867,10 +876,86 @@ class _Connection(WriteFlow, asyncio.Protocol):
                     return
         elif payload:
             stream.body.append(payload)
+        self._data_done(stream, flags)
+
+    def _data_stream(self, stream_id: int, length: int) -> _Stream | None:
+        """Count a DATA frame against the connection's window; its open stream, or None
+        when the stream is closed and the bytes are to be dropped."""
+        if stream_id == 0:
+            raise _ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
+        self.received += length
+        if self.received >= _MAX_WINDOW // 2:
+            self.out.append(_frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", self.received)))
+            self.received = 0
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.remote_closed:
+            if stream_id > self.last_stream:
+                raise _ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
+            return None  # a stream this side has closed: the bytes are dropped
+        return stream
+
+    def _admit(self, stream: _Stream, length: int) -> bool:
+        """Count a DATA frame against its stream's window and message limit; False when
+        that reset the stream."""
+        stream.received += length
+        if stream.received > _STREAM_WINDOW + stream.acked:
+            self._reset(stream, FLOW_CONTROL_ERROR)
+            return False
+        if stream.inbox is None and stream.received > MAX_MESSAGE_BYTES + 5:
+            self._too_large(stream, stream.received - 5)
+            return False
+        return True
+
+    def _data_done(self, stream: _Stream, flags: int) -> None:
         if flags & END_STREAM:
             self._end_remote(stream)
         else:
             self._give_back(stream)
+
+    # A large DATA frame of a unary call (a request's tensors) is not gathered in the read
+    # buffer: its payload goes to the stream chunk by chunk as the reads bring it, those
+    # after the first as views of the reads themselves, and the stream's body is joined
+    # once. Its window accounting and limits are applied when its header arrives, as the
+    # whole frame is then owed.
+    def _unary(self, stream_id: int) -> bool:
+        stream = self.streams.get(stream_id)
+        return stream is not None and stream.inbox is None and not stream.remote_closed
+
+    def _start_inflow(self, flags: int, stream_id: int, length: int) -> None:
+        stream = self._data_stream(stream_id, length)
+        if stream is not None and not self._admit(stream, length):
+            stream = None
+        self.inflow = [stream, length, flags]
+
+    def _inflow_chunk(self, chunk: bytes | memoryview) -> None:
+        inflow = self.inflow
+        assert inflow is not None
+        stream = inflow[0]
+        if stream is not None and chunk:
+            stream.body.append(chunk)
+        inflow[1] -= len(chunk)
+
+    def _flow_in(self, data: bytes) -> bytes | memoryview:
+        """Hand the front of ``data`` to the DATA frame in flight; what follows it."""
+        inflow = self.inflow
+        assert inflow is not None
+        view = memoryview(data)
+        take = min(inflow[1], len(view))
+        self._inflow_chunk(view[:take])
+        if inflow[1]:
+            return b""
+        self.inflow = None
+        stream, _, flags = inflow
+        if stream is not None and not stream.local_closed and not self.closed:
+            self.reading = True
+            try:
+                self._data_done(stream, flags)
+            finally:
+                self.reading = False
+            if self.out:
+                out, self.out = self.out, []
+                self.write(b"".join(out))
+        return view[take:]
 
     def _give_back(self, stream: _Stream) -> None:
         """Open the stream's window again by what has arrived and is not waiting for the
@@ -962,7 +1047,7 @@ class _Connection(WriteFlow, asyncio.Protocol):
                 self._give_back(stream)
             yield _decoded(decode, await self._payload(stream, message))
 
-    async def _payload(self, stream: _Stream, message: bytes) -> bytes | memoryview:
+    async def _payload(self, stream: _Stream, message: bytes | memoryview) -> bytes | memoryview:
         if not message[0]:
             return memoryview(message)[5:]
         wbits = _WBITS.get(stream.encoding)

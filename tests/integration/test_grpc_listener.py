@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -749,3 +750,158 @@ async def test_pings_between_answered_calls_are_not_strikes(served: Any) -> None
         assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in client.events)
     finally:
         client.close()
+
+
+class _Wire(asyncio.Transport):
+    """A transport that keeps what the listener writes, for feeding a connection reads of
+    chosen sizes without a socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = bytearray()
+        self.changed = asyncio.Event()
+        self.closing = False
+
+    def write(self, data: Any) -> None:
+        self.sent += data
+        self.changed.set()
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+def _raw_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
+    )
+
+
+def _call_bytes(stream: int, model: str, payload: bytes) -> tuple[bytes, int]:
+    """HEADERS and one DATA frame for a ModelInfer call; and where the DATA frame starts."""
+    block = hpack.Encoder().encode(
+        [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", INFER.encode()),
+            (b":authority", b"localhost"),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        ]
+    )
+    body = _message(pb.ModelInferRequest(model_name=model, raw_input_contents=[payload]))
+    headers = _raw_frame(1, 0x4, stream, block)
+    return headers + _raw_frame(0, 0x1, stream, body), len(headers)
+
+
+def _answers(sent: bytes) -> tuple[dict[int, tuple[bytes, bytes]], int]:
+    """Per stream, the grpc-status and message bytes the listener wrote; and the PING ACKs."""
+    decoder = hpack.Decoder()
+    data: dict[int, bytes] = {}
+    ended: dict[int, tuple[bytes, bytes]] = {}
+    acks = 0
+    position = 0
+    while len(sent) - position >= 9:
+        length = int.from_bytes(sent[position : position + 3], "big")
+        kind, flags = sent[position + 3], sent[position + 4]
+        stream = int.from_bytes(sent[position + 5 : position + 9], "big")
+        payload = bytes(sent[position + 9 : position + 9 + length])
+        position += 9 + length
+        if kind == 0:
+            data[stream] = data.get(stream, b"") + payload
+        elif kind == 1:
+            headers = dict(decoder.decode(payload, raw=True))
+            if flags & 0x1:
+                ended[stream] = (headers[b"grpc-status"], data.get(stream, b""))
+        elif kind == 6 and flags & 0x1:
+            acks += 1
+    return ended, acks
+
+
+@pytest.mark.parametrize(
+    "cuts",
+    [
+        pytest.param(lambda start, end: [start + 9], id="header-alone-then-the-rest"),
+        pytest.param(lambda start, end: list(range(start + 100, end, 7000)), id="seven-kb-reads"),
+        pytest.param(lambda start, end: [start + 70_000], id="the-end-with-a-ping"),
+        pytest.param(lambda start, end: [], id="one-read"),
+    ],
+)
+async def test_a_large_data_frame_is_taken_as_it_arrives(served: Any, cuts: Any) -> None:
+    """A unary call's large DATA frame reaches the call whole, however the reads cut it:
+    right after the frame header, in small pieces, or with the next frame in the same read
+    as its end (a PING, answered); the connection then serves a second call."""
+    listener, _, _ = served
+    connection = listener_module._Connection(listener)
+    wire = _Wire()
+    connection.connection_made(wire)
+    settings = struct.pack(">HIHI", 0x4, 2**31 - 1, 0x5, 2**24 - 1)
+    window = _raw_frame(8, 0, 0, struct.pack(">I", 2**31 - 1 - 65535))
+    opening = listener_module._PREFACE + _raw_frame(4, 0, 0, settings) + window
+    payload = bytes(range(256)) * 1200
+    call, start = _call_bytes(1, "inflow", payload)
+    ping = _raw_frame(6, 0, 0, b"12345678")
+    stream = opening + call + ping
+    begin = len(opening) + start
+    points = [0, *cuts(begin, len(opening) + len(call)), len(stream)]
+    connection.data_received(stream[:begin])
+    for left, right in itertools.pairwise(points):
+        connection.data_received(stream[max(left, begin) : right])
+    second, _ = _call_bytes(3, "after", b"small")
+    connection.data_received(second)
+    try:
+        while True:
+            ended, acks = _answers(bytes(wire.sent))
+            if 1 in ended and 3 in ended:
+                break
+            wire.changed.clear()
+            await asyncio.wait_for(wire.changed.wait(), TIMEOUT)
+    finally:
+        connection.connection_lost(None)
+    status, message = ended[1]
+    assert status == b"0"
+    reply = pb.ModelInferResponse.FromString(message[5:])
+    assert reply.model_name == "inflow"
+    assert reply.raw_output_contents[0] == payload
+    assert acks == 1
+    assert ended[3][0] == b"0"
+    assert pb.ModelInferResponse.FromString(ended[3][1][5:]).raw_output_contents[0] == b"small"
+
+
+async def test_a_large_data_frame_over_the_limit_is_refused_and_dropped(
+    served: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large frame that takes a unary call over the message limit ends that call with
+    RESOURCE_EXHAUSTED as its header arrives; the rest of its bytes are dropped and the
+    connection serves the next call."""
+    monkeypatch.setattr(listener_module, "MAX_MESSAGE_BYTES", 100_000)
+    listener, _, _ = served
+    connection = listener_module._Connection(listener)
+    wire = _Wire()
+    connection.connection_made(wire)
+    opening = listener_module._PREFACE + _raw_frame(4, 0, 0, b"")
+    call, start = _call_bytes(1, "big", bytes(300_000))
+    connection.data_received(opening + call[: start + 20])
+    for left in range(start + 20, len(call), 50_000):
+        connection.data_received(call[left : left + 50_000])
+    second, _ = _call_bytes(3, "after", b"small")
+    connection.data_received(second)
+    try:
+        while True:
+            ended, _ = _answers(bytes(wire.sent))
+            if 1 in ended and 3 in ended:
+                break
+            wire.changed.clear()
+            await asyncio.wait_for(wire.changed.wait(), TIMEOUT)
+    finally:
+        connection.connection_lost(None)
+    assert ended[1][0] == b"8"  # RESOURCE_EXHAUSTED
+    assert ended[3][0] == b"0"
