@@ -19,6 +19,28 @@ def no_delay(transport: Any) -> None:
             pass
 
 
+def quick_ack_socket(transport: Any) -> Any:
+    """The transport's TCP socket where the system has TCP_QUICKACK (Linux), else None."""
+    if not hasattr(socket, "TCP_QUICKACK"):
+        return None
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return sock
+
+
+def quick_ack(sock: Any) -> None:
+    """Acknowledge what has arrived now rather than after the delayed-ACK timer (about 40
+    ms). A client that leaves Nagle's algorithm on (tritonclient's HTTP client does) holds
+    the last small piece of a large body back until everything before it is acknowledged,
+    so a receiver waiting for that piece waits for its own delayed ACK. Linux clears the
+    setting again by itself, so it is set after each read that leaves a body unfinished."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+    except OSError:
+        pass
+
+
 class WriteFlow:
     """Write-side flow control for an ``asyncio.Protocol``: the transport calls
     ``pause_writing`` and ``resume_writing`` around its high-water mark, and ``drain`` waits

@@ -23,7 +23,7 @@ from typing import Any
 
 import httptools
 
-from server.net import WriteFlow, no_delay
+from server.net import WriteFlow, no_delay, quick_ack, quick_ack_socket
 
 log = logging.getLogger(__name__)
 
@@ -217,11 +217,15 @@ class _Connection(WriteFlow, asyncio.Protocol):
         self.lost: asyncio.Future[None] | None = None
         self.client: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
+        # The socket to acknowledge at once while a request body is still arriving.
+        self.ack_socket: Any = None
+        self.body_pending = False
 
     # --- transport callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         no_delay(transport)
+        self.ack_socket = quick_ack_socket(transport)
         self.server.connections.add(self)
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
@@ -254,6 +258,8 @@ class _Connection(WriteFlow, asyncio.Protocol):
             log.debug("invalid HTTP request from %s", self.client)
             self._invalid()
             return
+        if self.body_pending and self.ack_socket is not None:
+            quick_ack(self.ack_socket)
         if self.head_bytes >= 0:
             # Still in the head after this read: the parser would buffer it without end.
             self.head_bytes += len(data)
@@ -286,6 +292,7 @@ class _Connection(WriteFlow, asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.head_bytes = -1
+        self.body_pending = True
         request, parser = self.request, self.parser
         request.method = parser.get_method()
         request.http_version = parser.get_http_version()
@@ -315,6 +322,7 @@ class _Connection(WriteFlow, asyncio.Protocol):
         request.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        self.body_pending = False
         # A 100 Continue still owed is moot once the whole body is here.
         self.request.expect_continue = False
         if self.closing:

@@ -3,8 +3,13 @@ request's accessors."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from typing import Any
+
 import pytest
 
+from server.http import server as server_module
 from server.http.app import create_app
 from server.http.server import Request, infer_target
 
@@ -101,3 +106,84 @@ def test_request_header_and_body() -> None:
     assert request.body() == b"abc"
     request.chunks = [b"ab", b"", b"cd"]
     assert request.body() == b"abcd"
+
+
+class _Socket:
+    family = socket.AF_INET
+
+    def __init__(self) -> None:
+        self.options: list[tuple[int, int, int]] = []
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        self.options.append((level, option, value))
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sock = _Socket()
+        self.sent = bytearray()
+        self.answered = asyncio.Event()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else default
+
+    def write(self, data: Any) -> None:
+        self.sent += data
+        self.answered.set()
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _Server:
+    """What a connection asks of its server, with an application that answers 204."""
+
+    def __init__(self) -> None:
+        self.connections: set[Any] = set()
+        self.max_input_size = 1 << 20
+        self.exiting = False
+        self.infer = None
+        self.too_large = None
+
+    def _watch_idle(self) -> None:
+        pass
+
+    def _forget(self, connection: Any) -> None:
+        pass
+
+    async def app(self, scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
+async def test_reads_that_leave_a_body_unfinished_are_acknowledged_at_once() -> None:
+    """After each read that leaves a request body unfinished the listener asks for an
+    immediate ACK (a client with Nagle's algorithm on holds the body's last piece until
+    then); a request that arrives whole in one read asks for none."""
+    quick = (socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+    transport = _Transport()
+    connection = server_module._Connection(_Server())  # type: ignore[arg-type]
+    connection.connection_made(transport)
+    head = b"POST /anything HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n"
+    connection.data_received(head)
+    connection.data_received(b"01234")
+    assert transport.sock.options.count(quick) == 2
+    connection.data_received(b"56789")
+    assert transport.sock.options.count(quick) == 2
+    await asyncio.wait_for(transport.answered.wait(), 5)
+    transport.answered.clear()
+    connection.data_received(head + b"0123456789")
+    await asyncio.wait_for(transport.answered.wait(), 5)
+    assert transport.sock.options.count(quick) == 2
+    assert transport.sent.count(b"HTTP/1.1 204") == 2
+    connection.connection_lost(None)
