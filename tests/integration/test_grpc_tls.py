@@ -67,6 +67,14 @@ def test_server_certificate(tmp_path: Path, pki: dict[str, Path]) -> None:
             assert client.is_server_ready()
             out = client.infer("identity_fp32", _inputs()).as_numpy("OUTPUT0")
             np.testing.assert_array_equal(out, np.arange(16, dtype=np.float32).reshape(1, 16))
+            # 2 MiB each way: large frames arrive in pieces of TLS records, the answer goes
+            # out in pieces.
+            big = np.random.default_rng(0).random((1, 1 << 19), dtype=np.float32)
+            tensor = grpcclient.InferInput("INPUT0", list(big.shape), "FP32")
+            tensor.set_data_from_numpy(big)
+            for _ in range(3):
+                out = client.infer("identity_fp32", [tensor]).as_numpy("OUTPUT0")
+                np.testing.assert_array_equal(out, big)
         # A plaintext client is not served on the TLS port; the server goes on serving.
         with grpcclient.InferenceServerClient(server.grpc_url) as plain:
             with pytest.raises(InferenceServerException):
