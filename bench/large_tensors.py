@@ -40,7 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import models  # noqa: E402
 from bench.run import machine  # noqa: E402
-from bench.targets import Ours, Target, Triton, tree, tree_cpu_seconds, tree_rss_bytes  # noqa: E402
+from bench.targets import (
+    Ours,
+    Target,
+    Triton,
+    start_reported,
+    tree,
+    tree_cpu_seconds,
+    tree_rss_bytes,
+)  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "identity_large"
@@ -76,26 +84,23 @@ def _fresh_repository(root: Path) -> None:
     write_repository(root)
 
 
-class LargeOurs(Ours):
+class _LargeIdentityOnly(Target):
+    """A server with ``identity_large`` alone in its repository, written afresh at start."""
+
+    def serves(self) -> tuple[models.ModelSpec, ...]:
+        return ()
+
+    def start(self) -> None:
+        _fresh_repository(self.workdir / "models")
+        super().start()
+
+
+class LargeOurs(_LargeIdentityOnly, Ours):
     """Our server with ``identity_large`` alone in its repository."""
 
-    def serves(self) -> tuple[models.ModelSpec, ...]:
-        return ()
 
-    def start(self) -> None:
-        _fresh_repository(self.workdir / "models")
-        super().start()
-
-
-class LargeTriton(Triton):
+class LargeTriton(_LargeIdentityOnly, Triton):
     """tritonserver with ``identity_large`` alone in its repository."""
-
-    def serves(self) -> tuple[models.ModelSpec, ...]:
-        return ()
-
-    def start(self) -> None:
-        _fresh_repository(self.workdir / "models")
-        super().start()
 
 
 # -- accounting -------------------------------------------------------------------------------
@@ -474,11 +479,7 @@ def _targets(workdir: Path) -> tuple[list[Target], dict[str, str]]:
 
 def run_target(target: Target, args: argparse.Namespace, repeat: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    started = time.monotonic()
-    target.start()
-    print(
-        f"  {target.name} ready in {time.monotonic() - started:.1f}s (pid {target.pid})", flush=True
-    )
+    start_reported(target)
     try:
         for elements in args.sizes:
             for protocol in PROTOCOLS:

@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import measure, models, report, scenarios  # noqa: E402
-from bench.targets import TARGETS, Target  # noqa: E402
+from bench.targets import TARGETS, Target, start_reported  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -76,11 +76,7 @@ def run_target(
     sink: Any,
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    started = time.monotonic()
-    target.start()
-    print(
-        f"  {target.name} ready in {time.monotonic() - started:.1f}s (pid {target.pid})", flush=True
-    )
+    start_reported(target)
     try:
         for scenario in chosen:
             model = target.model_for(scenario.model, scenario.concurrency)

@@ -51,6 +51,15 @@ def tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+def start_reported(target: Target) -> None:
+    """Start ``target`` and print how long it took to become ready."""
+    started = time.monotonic()
+    target.start()
+    print(
+        f"  {target.name} ready in {time.monotonic() - started:.1f}s (pid {target.pid})", flush=True
+    )
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User + system time of the process and all its descendants (threads included)."""
     total = 0.0

@@ -11,22 +11,26 @@ def no_delay(transport: Any) -> None:
     """Send small writes at once (TCP_NODELAY). uvloop sets it on accepted connections;
     asyncio's own loop does not, and Nagle's algorithm then holds a write back until the
     previous one is acknowledged, up to the peer's delayed-ACK time (about 40 ms)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+    sock = _tcp_socket(transport)
+    if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
 
 
-def quick_ack_socket(transport: Any) -> Any:
-    """The transport's TCP socket where the system has TCP_QUICKACK (Linux), else None."""
-    if not hasattr(socket, "TCP_QUICKACK"):
-        return None
+def _tcp_socket(transport: Any) -> Any:
     sock = transport.get_extra_info("socket")
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
     return sock
+
+
+def quick_ack_socket(transport: Any) -> Any:
+    """The transport's TCP socket where the system has TCP_QUICKACK (Linux), else None."""
+    if not hasattr(socket, "TCP_QUICKACK"):
+        return None
+    return _tcp_socket(transport)
 
 
 def quick_ack(sock: Any) -> None:

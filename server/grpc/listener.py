@@ -225,7 +225,7 @@ def _serialized(message: Any) -> bytes | list[bytes | memoryview]:
     return message.SerializeToString()  # type: ignore[no-any-return]
 
 
-def _declared(message: bytes | memoryview) -> int:
+def _declared(message: bytes | bytearray | memoryview) -> int:
     """The length a gRPC message's prefix declares."""
     return int.from_bytes(message[1:5], "big")
 
@@ -445,7 +445,7 @@ class _Stream:
     def incomplete_length(self) -> int:
         """The declared length of the message being received, once its prefix is in."""
         partial = self.partial
-        return int.from_bytes(partial[1:5], "big") if len(partial) >= 5 else 0
+        return _declared(partial) if len(partial) >= 5 else 0
 
 
 class _Connection(WriteFlow, asyncio.Protocol):

@@ -826,6 +826,30 @@ def _answers(sent: bytes) -> tuple[dict[int, tuple[bytes, bytes]], int]:
     return ended, acks
 
 
+def _connected(listener: GrpcListener) -> tuple[Any, _Wire]:
+    """A connection of ``listener`` on a socketless transport."""
+    connection = listener_module._Connection(listener)
+    wire = _Wire()
+    connection.connection_made(wire)
+    return connection, wire
+
+
+async def _answered(
+    connection: Any, wire: _Wire, streams: tuple[int, ...]
+) -> tuple[dict[int, tuple[bytes, bytes]], int]:
+    """What ``_answers`` finds once every one of ``streams`` has ended; the connection is
+    then closed."""
+    try:
+        while True:
+            ended, acks = _answers(bytes(wire.sent))
+            if all(stream in ended for stream in streams):
+                return ended, acks
+            wire.changed.clear()
+            await asyncio.wait_for(wire.changed.wait(), TIMEOUT)
+    finally:
+        connection.connection_lost(None)
+
+
 @pytest.mark.parametrize(
     "cuts",
     [
@@ -840,9 +864,7 @@ async def test_a_large_data_frame_is_taken_as_it_arrives(served: Any, cuts: Any)
     right after the frame header, in small pieces, or with the next frame in the same read
     as its end (a PING, answered); the connection then serves a second call."""
     listener, _, _ = served
-    connection = listener_module._Connection(listener)
-    wire = _Wire()
-    connection.connection_made(wire)
+    connection, wire = _connected(listener)
     settings = struct.pack(">HIHI", 0x4, 2**31 - 1, 0x5, 2**24 - 1)
     window = _raw_frame(8, 0, 0, struct.pack(">I", 2**31 - 1 - 65535))
     opening = listener_module._PREFACE + _raw_frame(4, 0, 0, settings) + window
@@ -857,15 +879,7 @@ async def test_a_large_data_frame_is_taken_as_it_arrives(served: Any, cuts: Any)
         connection.data_received(stream[max(left, begin) : right])
     second, _ = _call_bytes(3, "after", b"small")
     connection.data_received(second)
-    try:
-        while True:
-            ended, acks = _answers(bytes(wire.sent))
-            if 1 in ended and 3 in ended:
-                break
-            wire.changed.clear()
-            await asyncio.wait_for(wire.changed.wait(), TIMEOUT)
-    finally:
-        connection.connection_lost(None)
+    ended, acks = await _answered(connection, wire, (1, 3))
     status, message = ended[1]
     assert status == b"0"
     reply = pb.ModelInferResponse.FromString(message[5:])
@@ -884,9 +898,7 @@ async def test_a_large_data_frame_over_the_limit_is_refused_and_dropped(
     connection serves the next call."""
     monkeypatch.setattr(listener_module, "MAX_MESSAGE_BYTES", 100_000)
     listener, _, _ = served
-    connection = listener_module._Connection(listener)
-    wire = _Wire()
-    connection.connection_made(wire)
+    connection, wire = _connected(listener)
     opening = listener_module._PREFACE + _raw_frame(4, 0, 0, b"")
     call, start = _call_bytes(1, "big", bytes(300_000))
     connection.data_received(opening + call[: start + 20])
@@ -894,14 +906,6 @@ async def test_a_large_data_frame_over_the_limit_is_refused_and_dropped(
         connection.data_received(call[left : left + 50_000])
     second, _ = _call_bytes(3, "after", b"small")
     connection.data_received(second)
-    try:
-        while True:
-            ended, _ = _answers(bytes(wire.sent))
-            if 1 in ended and 3 in ended:
-                break
-            wire.changed.clear()
-            await asyncio.wait_for(wire.changed.wait(), TIMEOUT)
-    finally:
-        connection.connection_lost(None)
+    ended, _ = await _answered(connection, wire, (1, 3))
     assert ended[1][0] == b"8"  # RESOURCE_EXHAUSTED
     assert ended[3][0] == b"0"
