@@ -23,6 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# NVIDIA's tritonserver, the oracle of the tests marked ``triton``.
+REAL_TRITON = Path(os.environ.get("REAL_TRITON", ROOT.parent / "shared" / "tools" / "real-triton"))
+
+
+def real_triton() -> Path:
+    """The tritonserver launcher, or a clear error where there is none."""
+    if not REAL_TRITON.exists():
+        raise RuntimeError(
+            f"differential tests need NVIDIA's tritonserver launcher at {REAL_TRITON} "
+            "(set $REAL_TRITON, or deselect them with -m 'not triton')"
+        )
+    return REAL_TRITON
+
+
 _STARTED = re.compile(r"Started (HTTPService|GRPCInferenceService|Metrics Service) at (\S+):(\d+)")
 _SERVICE_KEYS = {
     "HTTPService": "http",

@@ -22,10 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import ServerProcess, run_server
+from tests.harness import ServerProcess, real_triton, run_server
 
-ROOT = Path(__file__).resolve().parents[2]
-REAL_TRITON = Path(os.environ.get("REAL_TRITON", ROOT.parent / "shared" / "tools" / "real-triton"))
 # The first start creates the tool's own environment, which can take minutes.
 START_TIMEOUT = float(os.environ.get("REAL_TRITON_START_TIMEOUT", "300"))
 _BIND_FAILED = re.compile(
@@ -64,15 +62,11 @@ def start_triton(
     A port taken between choosing it and binding it makes tritonserver exit at once; that start
     is retried on new ports.
     """
-    if not REAL_TRITON.exists():
-        raise RuntimeError(
-            f"differential tests need NVIDIA's tritonserver launcher at {REAL_TRITON} "
-            "(set $REAL_TRITON, or deselect them with -m 'not triton')"
-        )
+    launcher = real_triton()
     for attempt in range(3):
         http_port, grpc_port, metrics_port = free_ports(3)
         args = [
-            str(REAL_TRITON),
+            str(launcher),
             f"--model-repository={repo_path}",
             f"--http-port={http_port}",
             f"--grpc-port={grpc_port}",

@@ -20,10 +20,10 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from tests import models
+from tests.harness import real_triton
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "model_repository"
-REAL_TRITON = ROOT.parent / "shared" / "tools" / "real-triton"
 BUNDLED_MODELS = (
     "simple",
     "identity_fp32",
@@ -345,7 +345,7 @@ def test_python_models_run_unmodified_on_tritonserver(tmp_path: Path) -> None:
     log = (tmp_path / "tritonserver.log").open("w")
     proc = subprocess.Popen(
         [
-            str(REAL_TRITON),
+            str(real_triton()),
             f"--model-repository={repo}",
             f"--http-port={http_port}",
             f"--grpc-port={grpc_port}",
