@@ -219,6 +219,26 @@ def from_buffer(
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
+def settled(array: np.ndarray) -> np.ndarray:
+    """A model's output in a form the model can no longer change.
+
+    An answer is encoded after the model has handed it over (``execute`` returned, or a
+    decoupled model's ``send``), while the model may already be running its next
+    execution: a model that writes every result into one buffer it keeps would change the
+    answers still on their way. As Triton, which copies outputs out of the model at that
+    point, the answer takes a copy, unless the memory belongs to an immutable ``bytes``
+    object, as that of a binary or gRPC input the model passes through does.
+    """
+    owner: object = array
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    while isinstance(owner, memoryview):
+        owner = owner.obj
+    if type(owner) is bytes:
+        return array
+    return array.copy()
+
+
 def to_bytes(array: np.ndarray, datatype: str) -> bytes | memoryview:
     """The raw wire bytes of a tensor (a zero-copy view where the layout allows)."""
     if datatype == BYTES:

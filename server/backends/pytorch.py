@@ -26,7 +26,7 @@ from server.backends.base import Backend, InstanceSpec, ModelInstance, RequestOu
 from server.backends.batching import gather_inputs, split_outputs
 from server.errors import internal, unavailable, unsupported
 from server.repository.view import ModelView
-from server.tensors import NUMPY_DTYPES
+from server.tensors import NUMPY_DTYPES, settled
 from server.types import InferRequest
 
 _INDEXED = re.compile(r"^.+__(\d+)$")
@@ -197,9 +197,17 @@ class PyTorchInstance(ModelInstance):
                     f"output '{name}' of model '{self._view.name}' is {type(value).__name__}, "
                     "not a tensor"
                 )
+            on_host = value.device.type == "cpu"
             array = value.detach().cpu().numpy()
             wanted = NUMPY_DTYPES[self._view.outputs[name].datatype]
-            outputs[name] = array if array.dtype == wanted else array.astype(wanted)
+            if array.dtype != wanted:
+                array = array.astype(wanted)
+            elif on_host:
+                # A host tensor may be the module's own state, changed in place by the next
+                # call while this answer is being encoded (``settled``); .cpu() and astype
+                # have already copied the others.
+                array = settled(array)
+            outputs[name] = array
         return outputs
 
     def unload(self) -> None:

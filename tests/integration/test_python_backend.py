@@ -64,6 +64,21 @@ def test_batched_requests_reach_execute_together(client: httpclient.InferenceSer
         assert result.as_numpy("REQUESTS").tolist() == [[4]]
 
 
+def test_model_reusing_its_output_buffer_answers_each_request(
+    client: httpclient.InferenceServerClient,
+) -> None:
+    # The model overwrites one kept buffer at every execution; answers are encoded after
+    # execute returned, so each must be a copy taken then, as Triton's are.
+    pending = []
+    for k in range(200):
+        values = np.full(1024, k, dtype=np.float32)
+        tensor = httpclient.InferInput("IN", [1024], "FP32")
+        tensor.set_data_from_numpy(values, binary_data=k % 2 == 0)
+        pending.append((k, client.async_infer("py_reuse_buffer", [tensor])))
+    wrong = [k for k, handle in pending if not (handle.get_result().as_numpy("OUT") == k).all()]
+    assert wrong == []
+
+
 def test_strings_parameters_and_initialize_args(client: httpclient.InferenceServerClient) -> None:
     text = np.array([b"hello", "w\u00f6rld".encode()], dtype=np.object_)
     result = client.infer(

@@ -136,6 +136,42 @@ def test_decoupled_stream(stream: Stream) -> None:
     assert errors == ["negative value -2"]
 
 
+def test_stream_from_a_reused_buffer_keeps_each_response(stream: Stream) -> None:
+    # The model refills one buffer right after each send: every response must keep what
+    # the buffer held when it was sent.
+    count = 100
+    stream.client.async_stream_infer(
+        "py_stream_reuse_buffer", [_input("N", np.array([count], dtype=np.int32), "INT32")]
+    )
+    firsts = []
+    for _ in range(count):
+        result, error = stream.next()
+        assert error is None
+        out = result.as_numpy("OUT")
+        assert (out == out[0]).all()
+        firsts.append(int(out[0]))
+    assert firsts == list(range(count))
+
+
+def test_model_reusing_its_output_buffer_over_grpc(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    answers: queue.Queue[tuple[int, Any, Any]] = queue.Queue()
+    for k in range(200):
+        client.async_infer(
+            "py_reuse_buffer",
+            [_input("IN", np.full(1024, k, dtype=np.float32), "FP32")],
+            callback=lambda result, error, k=k: answers.put((k, result, error)),
+        )
+    wrong = []
+    for _ in range(200):
+        k, result, error = answers.get(timeout=STREAM_TIMEOUT)
+        assert error is None
+        if not (result.as_numpy("OUT") == k).all():
+            wrong.append(k)
+    assert wrong == []
+
+
 def test_stream_of_ordinary_models_keeps_order(stream: Stream) -> None:
     words = [b"one", b"two", b"three", b"four"]
     for index, word in enumerate(words):

@@ -31,7 +31,7 @@ def _torch_importable() -> bool:
 
 
 HAVE_TORCH = _torch_importable()
-PT_MODELS = ("pt_add_sub", "pt_indexed", "pt_dict")
+PT_MODELS = ("pt_add_sub", "pt_indexed", "pt_dict", "pt_kept_output")
 
 
 def _save_models(repo: Path) -> None:
@@ -55,10 +55,21 @@ def _save_models(repo: Path) -> None:
                 "probs": torch.softmax(logits, dim=1),
             }
 
+    class KeptOutput(torch.nn.Module):
+        # Answers from one buffer it refills at every call.
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("out", torch.zeros(1024))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.out.copy_(x)
+            return self.out
+
     for name, module in (
         ("pt_add_sub", AddSub()),
         ("pt_indexed", Difference()),
         ("pt_dict", Scores()),
+        ("pt_kept_output", KeptOutput()),
     ):
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
@@ -100,6 +111,17 @@ def _write_configs(repo: Path) -> None:
             inputs=[("logits", "FP32", [3])],
             outputs=[("probs", "FP32", [3]), ("argmax", "INT32", [1])],
             dynamic_batching=False,
+        ),
+    )
+    write_config(
+        repo,
+        "pt_kept_output",
+        model_config(
+            "pt_kept_output",
+            platform="pytorch_libtorch",
+            max_batch_size=0,
+            inputs=[("INPUT__0", "FP32", [1024])],
+            outputs=[("OUTPUT__0", "FP32", [1024])],
         ),
     )
 
@@ -239,6 +261,22 @@ if HAVE_TORCH:
                 )
         assert caught.value.status() == "500"
         assert "PyTorch execute failure for model 'pt_indexed'" in caught.value.message()
+
+    def test_module_state_as_output_answers_each_request(server: ServerProcess) -> None:
+        # forward() returns a buffer it refills at every call; the next call may run while
+        # the previous answer is encoded, so that answer must be a copy.
+        with httpclient.InferenceServerClient(server.http_url, concurrency=8) as client:
+            pending = []
+            for k in range(200):
+                values = np.full(1024, k, dtype=np.float32)
+                inputs = [_http_input("INPUT__0", values, "FP32")]
+                pending.append((k, client.async_infer("pt_kept_output", inputs)))
+            wrong = [
+                k
+                for k, handle in pending
+                if not (handle.get_result().as_numpy("OUTPUT__0") == k).all()
+            ]
+        assert wrong == []
 
 else:
 

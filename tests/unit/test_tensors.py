@@ -16,6 +16,7 @@ from server.tensors import (
     deserialize_bytes,
     from_buffer,
     serialize_bytes,
+    settled,
     to_bytes,
     wire_datatype_of,
 )
@@ -169,3 +170,30 @@ def test_classification_top_k_with_labels_batched() -> None:
 def test_classification_unbatched_integer_without_labels() -> None:
     result = classify(np.array([3, 9, 1], dtype=np.int32), 5, (), batched=False)
     assert list(result) == [b"9:1", b"3:0", b"1:2"]
+
+
+def test_settled_keeps_memory_of_immutable_bytes_and_copies_the_rest() -> None:
+    raw = np.arange(8, dtype=np.float32).tobytes()
+    # Inputs as the codecs decode them: over bytes, directly or through a memoryview, then
+    # reshaped or sliced by the model. Nothing can change such memory: no copy.
+    for array in (
+        np.frombuffer(raw, np.float32),
+        np.frombuffer(memoryview(raw)[4:], np.float32).reshape(7, 1),
+        np.frombuffer(raw, np.float32)[::2],
+    ):
+        assert settled(array) is array
+    kept = np.zeros(8, dtype=np.float32)
+    writable = bytearray(raw)
+    # Memory the model can write again: its own arrays (and views of them), a bytearray,
+    # a memoryview over one.
+    for array in (
+        kept,
+        kept[2:6],
+        kept.reshape(2, 4).T,
+        np.frombuffer(writable, np.float32),
+        np.frombuffer(memoryview(writable), np.float32),
+    ):
+        copy = settled(array)
+        assert not np.shares_memory(copy, array)
+        np.testing.assert_array_equal(copy, array)
+        assert copy.shape == array.shape and copy.dtype == array.dtype

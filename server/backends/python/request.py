@@ -20,6 +20,7 @@ from server.backends.python.tensor import Tensor, as_bytes_array
 from server.errors import ServerError, internal
 from server.repository.view import ModelView
 from server.stats import ErrorResponse
+from server.tensors import settled
 from server.types import InferRequest, InferResponse
 
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
@@ -265,5 +266,7 @@ def response_outputs(response: Any, view: ModelView) -> dict[str, np.ndarray] | 
         array = tensor.as_numpy()
         if tensor.datatype() == "BYTES" and array.dtype.kind in "SU":
             array = as_bytes_array(array)
+        else:
+            array = settled(array)
         outputs[tensor.name()] = array
     return outputs
