@@ -275,3 +275,32 @@ def test_model_module_is_registered_while_loaded(tmp_path: Path) -> None:
     assert name in sys.modules
     instance.unload()
     assert name not in sys.modules
+
+
+def test_model_files_are_forgotten_at_unload(tmp_path: Path) -> None:
+    source = """
+        import pickle
+        import sys
+
+        import helper
+
+        class TritonPythonModel:
+            def initialize(self, args):
+                self.point = pickle.loads(pickle.dumps(helper.Point(2)))
+                self.helper_name = helper.__name__
+    """
+    model_dir = _write(tmp_path, source, IDENTITY_CONFIG)
+    (model_dir / "1" / "helper.py").write_text(
+        "from dataclasses import dataclass\n\n@dataclass\nclass Point:\n    x: int\n"
+    )
+    folders = [str(model_dir / "1"), str(model_dir)]
+    _, _, instance = _load(model_dir)
+    model = instance._model
+    # A class of the model's own file pickles and round-trips by its module's name.
+    assert model.point.x == 2  # type: ignore[attr-defined]
+    assert model.helper_name in sys.modules  # type: ignore[attr-defined]
+    assert "helper" not in sys.modules
+    assert all(folder in sys.path for folder in folders)
+    instance.unload()
+    assert model.helper_name not in sys.modules  # type: ignore[attr-defined]
+    assert not any(folder in sys.path for folder in folders)

@@ -26,7 +26,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from server.backends.base import Backend, InstanceSpec, ModelInstance, RequestOutputs, Timing
-from server.backends.python import pb_utils
+from server.backends.python import imports, pb_utils
 from server.backends.python.autocomplete import ModelConfig
 from server.backends.python.messages import InferenceResponse
 from server.backends.python.request import (
@@ -51,32 +51,35 @@ def install_module() -> None:
 
 
 def import_model(path: Path, label: str) -> ModuleType:
-    """Import one ``model.py`` as a module of its own, so instances do not share globals."""
+    """Import one ``model.py`` as a module of its own, so instances do not share globals.
+
+    It is the ``model`` module of a package of its own whose modules are the files beside
+    it, in its version folder and then its model folder, as Triton finds them (where it
+    imports ``<version>.model``), but this model's own (``imports``)."""
     install_module()
-    name = f"_triton_model_{label}_{next(_module_ids)}"
+    package = f"_triton_model_{label}_{next(_module_ids)}"
+    name = f"{package}.model"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise unavailable(f"unable to import '{path}'")
+    owner = imports.prepare(package, [str(path.parent), str(path.parent.parent)])
     module = importlib.util.module_from_spec(spec)
+    module.__dict__["__builtins__"] = owner.builtins
     with _import_lock:
-        # Triton puts the version directory on the path so a model can import its neighbours.
-        folder = str(path.parent)
-        if folder not in sys.path:
-            sys.path.append(folder)
         # Registered like any import, so dataclasses, pickling and type hints in the model
         # can find their module; ``forget_model`` drops it at unload.
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
         except BaseException:
-            sys.modules.pop(name, None)
+            imports.release(package)
             raise
     return module
 
 
 def forget_model(module: ModuleType | None) -> None:
     if module is not None:
-        sys.modules.pop(module.__name__, None)
+        imports.release(module.__name__.rpartition(".")[0])
 
 
 def _describe(exc: BaseException) -> str:
