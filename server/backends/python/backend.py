@@ -14,6 +14,7 @@ import inspect
 import itertools
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -41,6 +42,9 @@ from server.types import InferRequest, InferResponse, OutputTensor
 log = logging.getLogger(__name__)
 
 MODULE_NAME = "triton_python_backend_utils"
+# What a model's code may raise and have reported as its own error, as Triton's stub does,
+# sys.exit() included: here it would otherwise end the whole server.
+MODEL_ERRORS = (Exception, SystemExit)
 _module_ids = itertools.count()
 _import_lock = threading.Lock()
 
@@ -86,10 +90,23 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+_SERVER_FILES = str(Path(__file__).resolve().parents[2]) + os.sep
+
+
 def _frames(exc: BaseException) -> str:
-    """The model's frames, innermost first, as Triton's stub reports them."""
-    frames = traceback.extract_tb(exc.__traceback__)[1:]  # the first is this backend's call
+    """The model's frames, innermost first, as Triton's stub reports them (not the server's
+    own, which call the model)."""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith(_SERVER_FILES)
+    ]
     return "".join(f"  {f.filename}({f.lineno}): {f.name}\n" for f in reversed(frames))
+
+
+def _model_error(exc: BaseException) -> str:
+    """An error of the model's code, as Triton's stub words it."""
+    return f"{_describe(exc)}\n\nAt:\n{_frames(exc)}"
 
 
 def _model_class(module: ModuleType, path: Path) -> Any:
@@ -112,8 +129,8 @@ class PythonBackend(Backend):
             return
         try:
             module = import_model(path, f"{config.name}_autocomplete")
-        except Exception as exc:
-            raise invalid_arg(f"failed to import '{path}': {_describe(exc)}") from None
+        except MODEL_ERRORS as exc:
+            raise invalid_arg(_model_error(exc)) from None
         forget_model(module)
         try:
             cls = _model_class(module, path)
@@ -124,7 +141,7 @@ class PythonBackend(Backend):
             return
         try:
             result = hook(ModelConfig(config_to_json_dict(config)))
-        except Exception as exc:
+        except MODEL_ERRORS as exc:
             raise invalid_arg(
                 f"auto_complete_config of model '{config.name}' failed: {_describe(exc)}"
             ) from None
@@ -174,12 +191,10 @@ class PythonBackend(Backend):
         except ServerError:
             forget_model(module)
             raise
-        except Exception as exc:
+        except MODEL_ERRORS as exc:
             forget_model(module)
             log.error("model '%s' failed to initialize:\n%s", config.name, traceback.format_exc())
-            raise unavailable(
-                f"Failed to initialize model '{config.name}': {_describe(exc)}"
-            ) from None
+            raise unavailable(_model_error(exc)) from None
         return PythonInstance(model, view, instance, module)
 
 
@@ -211,12 +226,12 @@ class PythonInstance(ModelInstance):
                 result = self._loop.run_until_complete(self._model.execute(wrapped))
             else:
                 result = self._model.execute(wrapped)
-        except Exception as exc:
+        except MODEL_ERRORS as exc:
             timing.infer_end_ns = time.monotonic_ns()
             log.error("model '%s' raised in execute:\n%s", view.name, traceback.format_exc())
             error = internal(
                 f"Failed to process the request(s) for model '{self._name}', "
-                f"message: {_describe(exc)}\n\nAt:\n{_frames(exc)}"
+                f"message: {_model_error(exc)}"
             )
             return self._fail(senders, error)
         timing.infer_end_ns = time.monotonic_ns()
@@ -275,7 +290,7 @@ class PythonInstance(ModelInstance):
                     self._loop.run_until_complete(finalize())
                 else:
                     finalize()
-        except Exception:
+        except MODEL_ERRORS:
             log.exception("model '%s': finalize failed", self._view.name)
         finally:
             if self._loop is not None:
