@@ -269,9 +269,8 @@ class Core:
         for name, params in wanted:
             array = outputs.get(name)
             if array is None:
-                raise ServerError(
-                    Code.INTERNAL, f"output '{name}' was not produced by model '{view.name}'"
-                )
+                # As Triton: a requested output the model did not produce is left out.
+                continue
             array = np.asarray(array)
             spec = view.outputs.get(name)
             classes = int(params.get("classification", 0) or 0) if params else 0

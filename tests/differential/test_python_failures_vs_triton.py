@@ -1,6 +1,7 @@
 """A Python model's code failing, side by side with tritonserver: raising or calling
 ``sys.exit()`` while it is imported, in ``initialize`` and in ``execute``. Each fails its
-own model (or request) with Triton's words, and the server serves the other models.
+own model (or request) with Triton's words, and the server serves the other models. And a
+model that leaves out an output the client asked for.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ MODELS = {
     "py_exits_in_initialize": ("", "sys.exit('no settings')", "pass"),
     "py_exits_at_import": ("import sys\nsys.exit('at import')\n", "pass", "pass"),
     "py_exits_in_execute": ("", "pass", "sys.exit(3)"),
+    "py_omits_output": ("", "pass", "return [pb_utils.InferenceResponse([]) for r in requests]"),
 }
 LOAD_FAILURES = ("py_raises_in_initialize", "py_exits_in_initialize")
 
@@ -69,12 +71,15 @@ def _repo(base: Path) -> Path:
     return repo
 
 
-def _infer(url: str, name: str) -> tuple[str, str]:
+def _infer(url: str, name: str, asked: bool = False) -> tuple[str, str]:
     with httpclient.InferenceServerClient(url) as client:
         tensor = httpclient.InferInput("IN", [1], "INT32")
         tensor.set_data_from_numpy(np.array([5], dtype=np.int32))
+        outputs = [httpclient.InferRequestedOutput("OUT")] if asked else None
         try:
-            return "ok", str(client.infer(name, [tensor]).as_numpy("OUT").tolist())
+            result = client.infer(name, [tensor], outputs=outputs)
+            out = result.as_numpy("OUT")
+            return "ok", str(None if out is None else out.tolist())
         except InferenceServerException as exc:
             return str(exc.status()), exc.message()
 
@@ -97,3 +102,6 @@ def test_model_code_failures_match(
     for name in ("py_exits_in_execute", "py_fine", "py_exits_in_execute", "py_fine"):
         assert _infer(ours_process.http_url, name) == _infer(triton.http_url, name)
     assert _infer(ours_process.http_url, "py_fine") == ("ok", "[5]")
+    for asked in (False, True):
+        answer = _infer(ours_process.http_url, "py_omits_output", asked)
+        assert answer == _infer(triton.http_url, "py_omits_output", asked) == ("ok", "None")
