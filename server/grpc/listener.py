@@ -304,11 +304,13 @@ def method_table(services: list[tuple[ServiceDescriptor, Any]]) -> dict[bytes, _
     """``/package.Service/Method`` paths to the servicer's coroutine and request type."""
     table: dict[bytes, _Method] = {}
     for descriptor, servicer in services:
+        # A servicer may name a parser of its own for a method's requests.
+        decoders = getattr(type(servicer), "request_decoders", {})
         for method in descriptor.methods:
             request_type = message_factory.GetMessageClass(method.input_type)
             table[f"/{descriptor.full_name}/{method.name}".encode()] = _Method(
                 getattr(servicer, method.name),
-                request_type.FromString,
+                decoders.get(method.name, request_type.FromString),
                 method.client_streaming,
                 method.server_streaming,
             )

@@ -26,6 +26,13 @@ _END = object()
 
 
 class InferenceServicer(ControlRpcs, pb_grpc.GRPCInferenceServiceServicer):
+    # Inference requests are parsed without copying their raw inputs (the listener's
+    # ``method_table``).
+    request_decoders = {
+        "ModelInfer": grpc_codec.parse_infer_request,
+        "ModelStreamInfer": grpc_codec.parse_infer_request,
+    }
+
     def __init__(self, core: Core, compression: grpc.Compression | None = None) -> None:
         self.core = core
         self.compression = compression

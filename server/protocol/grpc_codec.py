@@ -1,7 +1,8 @@
 """KServe v2 gRPC messages <-> InferRequest / InferResponse.
 
-Inputs arrive as ``raw_input_contents`` (decoded with ``np.frombuffer``, no copy beyond the
-one protobuf makes) or as typed ``contents``; never both in one request. Responses always
+Inputs arrive as ``raw_input_contents`` (decoded with ``np.frombuffer``: no copy beyond the
+one protobuf makes, and none for a large request, ``parse_infer_request``) or as typed
+``contents``; never both in one request. Responses always
 carry ``raw_output_contents``, one entry per output, as Triton's server does.
 """
 
@@ -88,6 +89,93 @@ def set_parameters(target: Any, values: Mapping[str, Any]) -> None:
             param.double_param = value
         else:
             param.string_param = str(value)
+
+
+# raw_input_contents, field 7 of ModelInferRequest, as its tag with wire type 2 (bytes).
+_RAW_INPUTS_TAG = 7 << 3 | 2
+# From this size a request's raw inputs are read where they arrived (``parse_infer_request``).
+SPLIT_FROM = 64 * 1024
+
+
+class SplitInferRequest:
+    """A ModelInferRequest whose ``raw_input_contents`` are views of the bytes it arrived
+    in; its other fields are the ``message``'s."""
+
+    __slots__ = ("message", "raw_input_contents")
+
+    def __init__(self, message: Any, raw_input_contents: list[memoryview]) -> None:
+        self.message = message
+        self.raw_input_contents = raw_input_contents
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.message, name)
+
+
+class _Unsplit(Exception):
+    pass
+
+
+def parse_infer_request(data: bytes | memoryview) -> Any:
+    """A ModelInferRequest from its wire bytes. protobuf copies each raw input into the
+    message, and reading it copies it again into a new bytes object: a large request's
+    top-level fields are walked once instead, its raw inputs kept as views of ``data``
+    (bytes that nothing changes) and the rest parsed by protobuf. What the walk does not take
+    (a group, a malformed field) is parsed whole, and protobuf decides."""
+    if len(data) >= SPLIT_FROM:
+        try:
+            return _split(memoryview(data))
+        except _Unsplit:
+            pass
+    return pb.ModelInferRequest.FromString(data)
+
+
+def _split(view: memoryview) -> SplitInferRequest:
+    rest: list[memoryview] = []
+    raws: list[memoryview] = []
+    kept = position = 0
+    end = len(view)
+    while position < end:
+        start = position
+        tag, position = _read_varint(view, position)
+        kind = tag & 7
+        if kind == 2:
+            length, position = _read_varint(view, position)
+            if tag == _RAW_INPUTS_TAG:
+                if position + length > end:
+                    raise _Unsplit
+                if start > kept:
+                    rest.append(view[kept:start])
+                raws.append(view[position : position + length])
+                kept = position = position + length
+                continue
+            position += length
+        elif tag >> 3 == 7:
+            raise _Unsplit  # the field with a wire type it cannot have
+        elif kind == 0:
+            position = _read_varint(view, position)[1]
+        elif kind == 1:
+            position += 8
+        elif kind == 5:
+            position += 4
+        else:
+            raise _Unsplit
+    if position != end or not raws:
+        raise _Unsplit
+    if kept < end:
+        rest.append(view[kept:end])
+    return SplitInferRequest(pb.ModelInferRequest.FromString(b"".join(rest)), raws)
+
+
+def _read_varint(view: memoryview, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while position < len(view) and shift < 64:
+        byte = view[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+    raise _Unsplit
 
 
 def decode_infer_request(message: Any) -> InferRequest:

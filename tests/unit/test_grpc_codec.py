@@ -277,3 +277,122 @@ def test_the_length_of_each_raw_piece_is_protobufs_varint(size: int) -> None:
     message = grpc_codec.RawTailMessage(b"", [raw])
     expected = pb.ModelInferResponse(raw_output_contents=[raw]).SerializeToString()
     assert message.SerializeToString() == expected
+
+
+# --- large requests: raw inputs read where they arrived ------------------------------------
+def _large_request(count: int = 3) -> pb.ModelInferRequest:
+    rng = np.random.default_rng(5)
+    request = pb.ModelInferRequest(model_name="m", model_version="2", id="r-1")
+    request.parameters["priority"].int64_param = 3
+    request.parameters["note"].string_param = "x"
+    for index in range(count):
+        tensor = request.inputs.add(name=f"IN{index}", datatype="FP32", shape=[1, 8192])
+        tensor.parameters["binary"].bool_param = True
+        request.raw_input_contents.append(rng.random(8192, dtype=np.float32).tobytes())
+    request.outputs.add(name="OUT").parameters["classification"].int64_param = 2
+    return request
+
+
+def _same_decoding(data: bytes) -> None:
+    """``parse_infer_request`` fails where protobuf fails, and otherwise decodes alike."""
+    try:
+        reference = pb.ModelInferRequest.FromString(data)
+    except Exception as exc:  # noqa: BLE001 - which exception protobuf raises is the point
+        with pytest.raises(type(exc)):
+            grpc_codec.parse_infer_request(data)
+        return
+    parsed = grpc_codec.parse_infer_request(data)
+    assert list(map(bytes, parsed.raw_input_contents)) == list(reference.raw_input_contents)
+    for field in ("model_name", "model_version", "id", "inputs", "outputs", "parameters"):
+        assert getattr(parsed, field) == getattr(reference, field), field
+    try:
+        expected = grpc_codec.decode_infer_request(reference)
+    except ServerError as exc:
+        with pytest.raises(ServerError) as caught:
+            grpc_codec.decode_infer_request(parsed)
+        assert (caught.value.code, caught.value.message) == (exc.code, exc.message)
+        return
+    decoded = grpc_codec.decode_infer_request(parsed)
+    assert [(t.name, t.datatype, t.shape, t.parameters) for t in decoded.inputs] == [
+        (t.name, t.datatype, t.shape, t.parameters) for t in expected.inputs
+    ]
+    for mine, theirs in zip(decoded.inputs, expected.inputs, strict=True):
+        np.testing.assert_array_equal(mine.data, theirs.data)
+    assert (decoded.id, decoded.priority, decoded.parameters) == (
+        expected.id,
+        expected.priority,
+        expected.parameters,
+    )
+
+
+def test_large_request_raw_inputs_are_views_of_the_received_bytes() -> None:
+    data = _large_request().SerializeToString()
+    assert len(data) >= grpc_codec.SPLIT_FROM
+    parsed = grpc_codec.parse_infer_request(data)
+    assert isinstance(parsed, grpc_codec.SplitInferRequest)
+    request = grpc_codec.decode_infer_request(parsed)
+    whole = np.frombuffer(data, dtype=np.uint8)
+    for tensor in request.inputs:
+        assert np.shares_memory(tensor.data, whole)
+    _same_decoding(data)
+
+
+def test_small_requests_are_parsed_by_protobuf_alone() -> None:
+    data = _large_request(count=1).SerializeToString()[: grpc_codec.SPLIT_FROM - 1]
+    small = pb.ModelInferRequest(model_name="m", raw_input_contents=[b"\0" * 64])
+    small.inputs.add(name="IN", datatype="FP32", shape=[16])
+    assert not isinstance(
+        grpc_codec.parse_infer_request(small.SerializeToString()), grpc_codec.SplitInferRequest
+    )
+    _same_decoding(data)
+
+
+def test_split_parse_takes_fields_in_any_order_and_keeps_unknown_ones() -> None:
+    request = _large_request(count=2)
+    raws = list(request.raw_input_contents)
+    del request.raw_input_contents[:]
+    head = request.SerializeToString()
+    raw_field = [b"\x3a" + grpc_codec._varint(len(raw)) + raw for raw in raws]
+    unknown = b"\xa0\x06\x07" + b"\xfa\x06\x03abc"  # field 100 varint, field 111 bytes
+    # Raw inputs first, between other fields, with an empty one, and unknown fields around.
+    for data in (
+        raw_field[0] + head + raw_field[1],
+        unknown + raw_field[0] + unknown + raw_field[1] + head,
+        head[:3] + raw_field[0] + head[3:] + b"\x3a\x00" + raw_field[1],
+    ):
+        _same_decoding(data)
+    parsed = grpc_codec.parse_infer_request(unknown + raw_field[0] + unknown + raw_field[1] + head)
+    assert isinstance(parsed, grpc_codec.SplitInferRequest)
+
+
+@pytest.mark.parametrize(
+    "suffix",
+    [
+        b"\x38\x01",  # field 7 as a varint
+        b"\x3d\x00\x00\x00\x00",  # field 7 as 32 bits
+        b"\x3b\x3c",  # a group
+        b"\x3a\xff\xff\xff\xff\x0f",  # a length beyond the message
+        b"\x3a",  # a tag without its length
+        b"\x08\xff\xff",  # a truncated varint
+        b"\x00\x01",  # field number 0
+    ],
+)
+def test_split_parse_leaves_malformed_fields_to_protobuf(suffix: bytes) -> None:
+    _same_decoding(_large_request().SerializeToString() + suffix)
+
+
+def test_split_parse_agrees_with_protobuf_on_damaged_messages() -> None:
+    data = _large_request().SerializeToString()
+    rng = np.random.default_rng(11)
+    # Damage where the fields' tags and lengths are: the head of the message and the
+    # boundaries of each raw input.
+    spots = [0, 40, 120, len(data) - 40, len(data) // 3, len(data) // 2]
+    for _ in range(300):
+        damaged = bytearray(data)
+        if rng.random() < 0.3:
+            damaged = damaged[: int(rng.integers(grpc_codec.SPLIT_FROM, len(data)))]
+        for _ in range(int(rng.integers(1, 4))):
+            spot = int(rng.choice(spots)) + int(rng.integers(0, 40))
+            if spot < len(damaged):
+                damaged[spot] = int(rng.integers(0, 256))
+        _same_decoding(bytes(damaged))
