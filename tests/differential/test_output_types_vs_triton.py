@@ -46,8 +46,6 @@ MODELS = {
     "bytes_returns_int32": ("BYTES", "np.arange(x.size, dtype=np.int32).reshape(x.shape)"),
 }
 INPUTS = {"FP32": [1.5, -2.0], "INT32": [7, -3], "BYTES": ["a", "b"]}
-# Until the Python backend hands its arrays over unconverted (it casts them to the
-# configured type in server/backends/python/request.py), only the core side is done.
 CASES = sorted(MODELS)
 
 
