@@ -8,7 +8,7 @@ layout of BYTES is Triton's: each element a 4-byte little-endian length, then th
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -219,7 +219,23 @@ def from_buffer(
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
-def settled(array: np.ndarray) -> np.ndarray:
+def writable(array: np.ndarray) -> np.ndarray:
+    """``array``, or a copy of it where it is read-only (a view of the bytes a request
+    arrived in): what a model that changes its inputs in place may be given."""
+    return array if array.flags.writeable else array.copy()
+
+
+def owner_of(array: np.ndarray) -> object:
+    """The object whose memory ``array`` is a view of (``array`` itself when it owns it)."""
+    owner: object = array
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    while isinstance(owner, memoryview):
+        owner = owner.obj
+    return owner
+
+
+def settled(array: np.ndarray, inputs: Collection[int] = ()) -> np.ndarray:
     """A model's output in a form the model can no longer change.
 
     An answer is encoded after the model has handed it over (``execute`` returned, or a
@@ -227,14 +243,11 @@ def settled(array: np.ndarray) -> np.ndarray:
     execution: a model that writes every result into one buffer it keeps would change the
     answers still on their way. As Triton, which copies outputs out of the model at that
     point, the answer takes a copy, unless the memory belongs to an immutable ``bytes``
-    object, as that of a binary or gRPC input the model passes through does.
+    object, or is one of the requests' own inputs (``inputs``, the ids of their owners),
+    as when a model passes an input through.
     """
-    owner: object = array
-    while isinstance(owner, np.ndarray) and owner.base is not None:
-        owner = owner.base
-    while isinstance(owner, memoryview):
-        owner = owner.obj
-    if type(owner) is bytes:
+    owner = owner_of(array)
+    if type(owner) is bytes or id(owner) in inputs:
         return array
     return array.copy()
 

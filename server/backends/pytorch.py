@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from server.backends.base import Backend, InstanceSpec, ModelInstance, RequestOu
 from server.backends.batching import gather_inputs, split_outputs
 from server.errors import internal, unavailable, unsupported
 from server.repository.view import ModelView
-from server.tensors import NUMPY_DTYPES, settled
+from server.tensors import NUMPY_DTYPES, settled, writable
 from server.types import InferRequest
 
 _INDEXED = re.compile(r"^.+__(\d+)$")
@@ -153,13 +152,12 @@ class PyTorchInstance(ModelInstance):
         missing = [n for n in self._input_names if n not in feeds]
         if missing:
             raise internal(f"model '{self._view.name}' needs input(s) {', '.join(missing)}")
-        with warnings.catch_warnings():
-            # Decoded request tensors are read-only views; torch only reads them here.
-            warnings.simplefilter("ignore", UserWarning)
-            tensors = {
-                n: torch.from_numpy(np.asarray(feeds[n])).to(self._device)
-                for n in self._input_names
-            }
+        # A request's own tensors may be read-only views of the bytes it arrived in, which a
+        # module changing its inputs in place must not write to: such a module gets a copy.
+        tensors = {
+            n: torch.from_numpy(writable(np.asarray(feeds[n]))).to(self._device)
+            for n in self._input_names
+        }
         timing.input_end_ns = time.monotonic_ns()
         guard = torch.inference_mode() if self._inference_mode else torch.no_grad()
         try:

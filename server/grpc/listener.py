@@ -96,7 +96,7 @@ class _Inflated(Exception):
         self.size = size
 
 
-def _inflate(data: bytes | memoryview, wbits: int) -> bytes:
+def _inflate(data: bytes | bytearray | memoryview, wbits: int) -> bytes:
     """One compressed message, inflated no further than one byte past the message limit."""
     inflater = zlib.decompressobj(wbits)
     out = inflater.decompress(data, MAX_MESSAGE_BYTES + 1)
@@ -408,7 +408,7 @@ class _Stream:
         # in the inbox: those are given back only once the servicer has taken them.
         self.acked = 0
         self.held = 0
-        self.body: list[bytes | memoryview] = []
+        self.body: list[bytes | bytearray | memoryview] = []
         self.inbox: asyncio.Queue[bytes | None] | None = None
         self.partial = bytearray()
         self.remote_closed = False
@@ -428,7 +428,7 @@ class _Stream:
             pairs.append((key, value if key.endswith("-bin") else value.decode("latin-1")))
         return tuple(pairs)
 
-    def messages(self, data: bytes | memoryview) -> list[bytes]:
+    def messages(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Split length-prefixed messages out of what has arrived so far."""
         buffer = self.partial
         buffer += data
@@ -619,12 +619,16 @@ class _Connection(WriteFlow, asyncio.Protocol):
                         self._inflow_chunk(bytes(view[position + 9 : size]))
                         position = size
                     break
+                payload: bytes | bytearray
                 if length < _COPY_THROUGH_VIEW:
                     payload = bytes(buffer[position + 9 : end])
                 else:
                     if view is None:
                         view = memoryview(buffer)
-                    payload = bytes(view[position + 9 : end])
+                    # A DATA frame's as a bytearray: tensors read from it in place are
+                    # writable (``_request``).
+                    kept = bytearray if kind == DATA else bytes
+                    payload = kept(view[position + 9 : end])
                 position = end
                 self._on_frame(kind, flags, stream_id & _MAX_WINDOW, payload)
         except _ConnectionError as error:
@@ -647,12 +651,14 @@ class _Connection(WriteFlow, asyncio.Protocol):
             out, self.out = self.out, []
             self.write(b"".join(out))
 
-    def _on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+    def _on_frame(self, kind: int, flags: int, stream_id: int, payload: bytes | bytearray) -> None:
         if self.continuing is not None and kind != CONTINUATION:
             raise _ConnectionError(PROTOCOL_ERROR, "expected CONTINUATION")
         if kind == DATA:
             self._on_data(flags, stream_id, payload)
-        elif kind == HEADERS:
+            return
+        payload = bytes(payload)  # only a DATA frame's can be a bytearray: no copy
+        if kind == HEADERS:
             self._on_headers_frame(flags, stream_id, payload)
         elif kind == CONTINUATION:
             if self.continuing is None or self.continuing[0] != stream_id:
@@ -853,7 +859,7 @@ class _Connection(WriteFlow, asyncio.Protocol):
         elif end_stream:
             stream.task = self.loop.create_task(self._call(stream, method))
 
-    def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
+    def _on_data(self, flags: int, stream_id: int, payload: bytes | bytearray) -> None:
         length = len(payload)
         stream = self._data_stream(stream_id, length)
         if stream is None:
@@ -1024,7 +1030,10 @@ class _Connection(WriteFlow, asyncio.Protocol):
         self._finish(stream, code, details)
 
     async def _request(self, stream: _Stream, decode: Callable[[Any], Any]) -> Any:
-        body = stream.body[0] if len(stream.body) == 1 else b"".join(stream.body)
+        # Pieces are joined into a bytearray and a large frame's payload is one already, so
+        # that the raw inputs of a large request, read in place, are writable, as a model
+        # may expect of its inputs (``grpc_codec.parse_infer_request``).
+        body = stream.body[0] if len(stream.body) == 1 else bytearray().join(stream.body)
         stream.body = []
         if not stream.partial and len(body) >= 5 and _declared(body) == len(body) - 5:
             message = body  # the usual case, one whole message: no copy to split it out
@@ -1049,7 +1058,9 @@ class _Connection(WriteFlow, asyncio.Protocol):
                 self._give_back(stream)
             yield _decoded(decode, await self._payload(stream, message))
 
-    async def _payload(self, stream: _Stream, message: bytes | memoryview) -> bytes | memoryview:
+    async def _payload(
+        self, stream: _Stream, message: bytes | bytearray | memoryview
+    ) -> bytes | memoryview:
         if not message[0]:
             return memoryview(message)[5:]
         wbits = _WBITS.get(stream.encoding)

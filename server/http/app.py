@@ -241,7 +241,11 @@ class InferEndpoint:
         self.max_input_size = max_input_size
 
     async def answer(
-        self, body: bytes, header: Callable[[str], str | None], model: str, version: str | None
+        self,
+        body: bytes | bytearray,
+        header: Callable[[str], str | None],
+        model: str,
+        version: str | None,
     ) -> Reply:
         try:
             return await self._answer(body, header, model, version)
@@ -256,7 +260,9 @@ class InferEndpoint:
 
     async def answer_request(self, request: HttpRequest, model: str, version: str | None) -> Reply:
         """The HTTP listener's entry point."""
-        return await self.answer(request.body(), _header_reader(request), model, version)
+        return await self.answer(
+            request.body(writable=True), _header_reader(request), model, version
+        )
 
     def too_large(self, request: HttpRequest) -> Reply:
         return self.error(compression.too_large(request.too_large, self.max_input_size))
@@ -268,7 +274,11 @@ class InferEndpoint:
         )
 
     async def _answer(
-        self, body: bytes, header: Callable[[str], str | None], model: str, version: str | None
+        self,
+        body: bytes | bytearray,
+        header: Callable[[str], str | None],
+        model: str,
+        version: str | None,
     ) -> Reply:
         core = self.core
         encoding = header("content-encoding")

@@ -100,11 +100,14 @@ class Request:
                 return value.decode("latin-1")
         return None
 
-    def body(self) -> bytes:
+    def body(self, writable: bool = False) -> bytes | bytearray:
+        """The body; with ``writable``, one that came in several pieces is joined into a
+        bytearray, so that tensors read from it in place are writable, as a model may
+        expect of its inputs (one piece stays as it came: a copy costs the same then)."""
         chunks = self.chunks
         if len(chunks) == 1:
             return chunks[0]
-        return b"".join(chunks)
+        return bytearray().join(chunks) if writable else b"".join(chunks)
 
 
 FastHandler = Callable[[Request, str, "str | None"], Awaitable[Reply]]

@@ -67,7 +67,7 @@ def header_length(value: str | None, body_length: int) -> int | None:
 
 
 def decode_infer_request(
-    body: bytes, header_len: int | None, model_name: str, model_version: str
+    body: bytes | bytearray, header_len: int | None, model_name: str, model_version: str
 ) -> InferRequest:
     view = memoryview(body)
     if header_len is None:
@@ -222,7 +222,9 @@ def _decode_output(item: Any) -> RequestedOutput:
     return RequestedOutput(name, params)
 
 
-def decode_raw_request(body: bytes, view: ModelView, model_version: str) -> InferRequest:
+def decode_raw_request(
+    body: bytes | bytearray, view: ModelView, model_version: str
+) -> InferRequest:
     """``Inference-Header-Content-Length: 0``: the whole body is the data of the model's only
     input, whose shape is deduced from the body size; every output comes back binary."""
     prefix = request_prefix("")

@@ -172,6 +172,23 @@ def test_model_reusing_its_output_buffer_over_grpc(
     assert wrong == []
 
 
+@pytest.mark.parametrize(("size", "copied"), [(16, True), (200_000, False)])
+def test_large_inputs_reach_the_model_without_a_copy(
+    server: ServerProcess, size: int, copied: bool
+) -> None:
+    # A small request's raw input is protobuf's read-only bytes, copied for the model; a
+    # large one's is read where it arrived, in memory the model may write in.
+    values = np.ones(size, dtype=np.float32)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        result = client.infer("py_input_memory", [_input("IN", values, "FP32")])
+    assert result.as_numpy("COPIED").tolist() == [copied]
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        tensor = httpclient.InferInput("IN", [size], "FP32")
+        tensor.set_data_from_numpy(values, binary_data=True)
+        result = client.infer("py_input_memory", [tensor])
+    assert result.as_numpy("COPIED").tolist() == [copied]
+
+
 def test_stream_of_ordinary_models_keeps_order(stream: Stream) -> None:
     words = [b"one", b"two", b"three", b"four"]
     for index, word in enumerate(words):

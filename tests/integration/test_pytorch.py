@@ -31,7 +31,7 @@ def _torch_importable() -> bool:
 
 
 HAVE_TORCH = _torch_importable()
-PT_MODELS = ("pt_add_sub", "pt_indexed", "pt_dict", "pt_kept_output")
+PT_MODELS = ("pt_add_sub", "pt_indexed", "pt_dict", "pt_kept_output", "pt_in_place")
 
 
 def _save_models(repo: Path) -> None:
@@ -65,7 +65,13 @@ def _save_models(repo: Path) -> None:
             self.out.copy_(x)
             return self.out
 
+    class InPlace(torch.nn.Module):
+        # Changes its input in place and answers with it.
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.add_(1)
+
     for name, module in (
+        ("pt_in_place", InPlace()),
         ("pt_add_sub", AddSub()),
         ("pt_indexed", Difference()),
         ("pt_dict", Scores()),
@@ -111,6 +117,17 @@ def _write_configs(repo: Path) -> None:
             inputs=[("logits", "FP32", [3])],
             outputs=[("probs", "FP32", [3]), ("argmax", "INT32", [1])],
             dynamic_batching=False,
+        ),
+    )
+    write_config(
+        repo,
+        "pt_in_place",
+        model_config(
+            "pt_in_place",
+            platform="pytorch_libtorch",
+            max_batch_size=0,
+            inputs=[("INPUT__0", "UINT8", [1])],
+            outputs=[("OUTPUT__0", "UINT8", [1])],
         ),
     )
     write_config(
@@ -277,6 +294,16 @@ if HAVE_TORCH:
                 if not (handle.get_result().as_numpy("OUTPUT__0") == k).all()
             ]
         assert wrong == []
+
+    def test_module_changing_its_input_in_place_gets_its_own_copy(server: ServerProcess) -> None:
+        # A one-byte raw input over gRPC is one of the interpreter's shared one-byte bytes
+        # objects: written in place, it would change every later b"\x05" in the process.
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            for _ in range(3):
+                tensor = grpcclient.InferInput("INPUT__0", [1], "UINT8")
+                tensor.set_data_from_numpy(np.array([5], dtype=np.uint8))
+                result = client.infer("pt_in_place", [tensor])
+                assert result.as_numpy("OUTPUT__0").tolist() == [6]
 
 else:
 

@@ -335,6 +335,12 @@ def test_large_request_raw_inputs_are_views_of_the_received_bytes() -> None:
     for tensor in request.inputs:
         assert np.shares_memory(tensor.data, whole)
     _same_decoding(data)
+    # Received into a bytearray (the listener's large bodies), the inputs are writable.
+    received = bytearray(data)
+    parsed = grpc_codec.parse_infer_request(memoryview(received))
+    for tensor in grpc_codec.decode_infer_request(parsed).inputs:
+        assert tensor.data.flags.writeable
+        assert np.shares_memory(tensor.data, np.frombuffer(received, dtype=np.uint8))
 
 
 def test_small_requests_are_parsed_by_protobuf_alone() -> None:

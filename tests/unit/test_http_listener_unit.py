@@ -106,6 +106,9 @@ def test_request_header_and_body() -> None:
     assert request.body() == b"abc"
     request.chunks = [b"ab", b"", b"cd"]
     assert request.body() == b"abcd"
+    # For the inference endpoint, pieces are joined into memory tensors can be written in.
+    joined = request.body(writable=True)
+    assert type(joined) is bytearray and joined == b"abcd"
 
 
 class _Socket:

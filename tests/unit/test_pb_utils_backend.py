@@ -308,3 +308,42 @@ def test_model_files_are_forgotten_at_unload(tmp_path: Path) -> None:
     instance.unload()
     assert model.helper_name not in sys.modules  # type: ignore[attr-defined]
     assert not any(folder in sys.path for folder in folders)
+
+
+def test_inputs_are_writable_and_pass_through_without_copies(tmp_path: Path) -> None:
+    source = """
+        import triton_python_backend_utils as pb_utils
+
+        class TritonPythonModel:
+            def initialize(self, args):
+                self.seen = []
+
+            def execute(self, requests):
+                out = []
+                for r in requests:
+                    x = pb_utils.get_input_tensor_by_name(r, "IN").as_numpy()
+                    self.seen.append(x)
+                    x += 1
+                    out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", x)]))
+                return out
+    """
+    _, _, instance = _load(_write(tmp_path, source, IDENTITY_CONFIG))
+    model = instance._model
+    received = bytes(np.array([5], dtype=np.int32).tobytes())
+    read_only = np.frombuffer(received, dtype=np.int32)  # as binary and gRPC inputs arrive
+    writable = np.frombuffer(bytearray(received), dtype=np.int32)  # as large ones do
+    requests = [
+        InferRequest("m", inputs=[InferInput("IN", "INT32", (1,), data)], batch_size=1)
+        for data in (read_only, writable)
+    ]
+    results = instance.execute(requests, Timing())
+    assert [r["OUT"].tolist() for r in results] == [[6], [6]]  # type: ignore[index]
+    first, second = model.seen  # type: ignore[attr-defined]
+    # A read-only input is the model's own copy; the request's bytes are untouched.
+    assert not np.shares_memory(first, read_only) and read_only.tolist() == [5]
+    # A writable one is handed over as it is.
+    assert np.shares_memory(second, writable)
+    # Each answer is the very array the model was given: an input passed through is not
+    # copied again.
+    for result, seen in zip(results, model.seen, strict=True):  # type: ignore[attr-defined]
+        assert np.shares_memory(result["OUT"], seen)  # type: ignore[index]

@@ -216,9 +216,14 @@ class PythonInstance(ModelInstance):
 
     def execute(self, requests: Sequence[InferRequest], timing: Timing) -> list[RequestOutputs]:
         view = self._view
-        senders = [InferenceResponseSender(r, view.decoupled, self._converter(r)) for r in requests]
+        # The owners of the inputs the model is given: an output over one passes through.
+        inputs: set[int] = set()
+        senders = [
+            InferenceResponseSender(r, view.decoupled, self._converter(r, inputs)) for r in requests
+        ]
         wrapped = [
-            InferenceRequest.incoming(r, view, s) for r, s in zip(requests, senders, strict=True)
+            InferenceRequest.incoming(r, view, s, inputs)
+            for r, s in zip(requests, senders, strict=True)
         ]
         timing.input_end_ns = time.monotonic_ns()
         try:
@@ -255,7 +260,7 @@ class PythonInstance(ModelInstance):
                     f"execute, got {count}"
                 )
             ] * len(requests)
-        return [response_outputs(response, view) for response in result]
+        return [response_outputs(response, view, inputs) for response in result]
 
     def _fail(
         self, senders: list[InferenceResponseSender], error: ServerError
@@ -266,11 +271,11 @@ class PythonInstance(ModelInstance):
         # the model had already completed its stream.
         return [error if sender.fail(error) else {} for sender in senders]
 
-    def _converter(self, request: InferRequest) -> Any:
+    def _converter(self, request: InferRequest, inputs: set[int]) -> Any:
         view = self._view
 
         def convert(response: InferenceResponse, final: bool) -> InferResponse | ServerError:
-            outputs = response_outputs(response, view)
+            outputs = response_outputs(response, view, inputs)
             if isinstance(outputs, ServerError):
                 return outputs
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from server.backends.python.tensor import Tensor, as_bytes_array
 from server.errors import ServerError, internal
 from server.repository.view import ModelView
 from server.stats import ErrorResponse
-from server.tensors import settled
+from server.tensors import owner_of, settled, writable
 from server.types import InferRequest, InferResponse
 
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
@@ -161,8 +161,14 @@ class InferenceRequest:
 
     @classmethod
     def incoming(
-        cls, source: InferRequest, view: ModelView, sender: InferenceResponseSender
+        cls,
+        source: InferRequest,
+        view: ModelView,
+        sender: InferenceResponseSender,
+        owners: set[int],
     ) -> InferenceRequest:
+        """The request as ``execute`` receives it; the owners of its inputs' memory are
+        added to ``owners``."""
         request = cls.__new__(cls)
         request._id = source.id
         params = source.parameters or {}
@@ -170,7 +176,14 @@ class InferenceRequest:
         request._flags = (
             TRITONSERVER_REQUEST_FLAG_SEQUENCE_START * bool(params.get("sequence_start"))
         ) | (TRITONSERVER_REQUEST_FLAG_SEQUENCE_END * bool(params.get("sequence_end")))
-        request._inputs = [Tensor._wrap(t.name, t.data, t.datatype) for t in source.inputs]
+        inputs = []
+        for tensor in source.inputs:
+            # Models may change their inputs in place (``x /= 255``), as under Triton, whose
+            # inputs are the stub's own copies.
+            data = writable(tensor.data)
+            owners.add(id(owner_of(data)))
+            inputs.append(Tensor._wrap(tensor.name, data, tensor.datatype))
+        request._inputs = inputs
         if source.outputs is None:
             request._requested = list(view.outputs)
         else:
@@ -248,8 +261,11 @@ def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | N
     return None
 
 
-def response_outputs(response: Any, view: ModelView) -> dict[str, np.ndarray] | ServerError:
-    """A model's response as the outputs the core encodes, or that request's error."""
+def response_outputs(
+    response: Any, view: ModelView, inputs: Collection[int] = ()
+) -> dict[str, np.ndarray] | ServerError:
+    """A model's response as the outputs the core encodes, or that request's error;
+    ``inputs`` are the owners of the inputs the model was given (``settled``)."""
     if not isinstance(response, InferenceResponse):
         return internal(
             f"model '{view.name}' returned {type(response).__name__} where a "
@@ -267,6 +283,6 @@ def response_outputs(response: Any, view: ModelView) -> dict[str, np.ndarray] | 
         if tensor.datatype() == "BYTES" and array.dtype.kind in "SU":
             array = as_bytes_array(array)
         else:
-            array = settled(array)
+            array = settled(array, inputs)
         outputs[tensor.name()] = array
     return outputs

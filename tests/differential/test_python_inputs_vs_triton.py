@@ -1,0 +1,87 @@
+"""A Python model that changes its inputs in place (``x /= 2``), side by side with
+tritonserver, whose models get writable inputs over every protocol: JSON, binary HTTP and
+gRPC, small tensors and large ones (a large gRPC request's inputs are read where they
+arrived, a compressed one's from the inflated bytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from tests.differential.conftest import start_triton
+from tests.harness import run_server
+from tests.models import model_config, write_python_model
+
+pytestmark = pytest.mark.triton
+
+_MODEL = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
+            x /= 2
+            x += 1
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", x)]))
+        return responses
+"""
+
+SIZES = (4, 40_000)  # 16 bytes, and 160 KB: past the size read in place
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    repo = tmp_path_factory.mktemp("inputs")
+    config = model_config(
+        "py_in_place",
+        backend="python",
+        inputs=[("IN", "FP32", [-1])],
+        outputs=[("OUT", "FP32", [-1])],
+    )
+    write_python_model(repo, "py_in_place", _MODEL, config)
+    args = ["--model-repository", str(repo)]
+    with run_server(args, services=("http", "grpc")) as ours, start_triton(repo) as theirs:
+        yield {"ours": ours, "triton": theirs}
+
+
+def _values(size: int) -> np.ndarray:
+    return np.arange(size, dtype=np.float32).reshape(1, size) * 2
+
+
+def _http(url: str, size: int, binary: bool) -> Any:
+    with httpclient.InferenceServerClient(url) as client:
+        tensor = httpclient.InferInput("IN", [1, size], "FP32")
+        tensor.set_data_from_numpy(_values(size), binary_data=binary)
+        return client.infer("py_in_place", [tensor]).as_numpy("OUT")
+
+
+def _grpc(url: str, size: int, compression: str | None) -> Any:
+    with grpcclient.InferenceServerClient(url) as client:
+        tensor = grpcclient.InferInput("IN", [1, size], "FP32")
+        tensor.set_data_from_numpy(_values(size))
+        result = client.infer("py_in_place", [tensor], compression_algorithm=compression)
+        return result.as_numpy("OUT")
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_models_change_their_inputs_in_place(servers: dict[str, Any], size: int) -> None:
+    expected = _values(size) / 2 + 1
+    for name, server in servers.items():
+        answers = [
+            _http(server.http_url, size, binary=True),
+            _grpc(server.grpc_url, size, compression=None),
+            _grpc(server.grpc_url, size, compression="gzip"),
+        ]
+        if size < 1000:
+            answers.append(_http(server.http_url, size, binary=False))
+        for answer in answers:
+            np.testing.assert_array_equal(answer, expected, err_msg=name)
