@@ -7,6 +7,7 @@ layout of BYTES is Triton's: each element a 4-byte little-endian length, then th
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Collection, Sequence
 
@@ -220,9 +221,13 @@ def from_buffer(
 
 
 def writable(array: np.ndarray) -> np.ndarray:
-    """``array``, or a copy of it where it is read-only (a view of the bytes a request
-    arrived in): what a model that changes its inputs in place may be given."""
-    return array if array.flags.writeable else array.copy()
+    """What a model that changes its inputs in place may be given: ``array`` itself where
+    it is the request's own writable memory, otherwise a copy: of read-only memory (the
+    bytes a request arrived in) and of a shared-memory region (the client's, which its
+    next requests may read again; Triton's models work on copies of it too)."""
+    if array.flags.writeable and not isinstance(owner_of(array), mmap.mmap):
+        return array
+    return array.copy()
 
 
 def owner_of(array: np.ndarray) -> object:

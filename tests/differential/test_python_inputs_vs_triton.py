@@ -1,11 +1,13 @@
 """A Python model that changes its inputs in place (``x /= 2``), side by side with
 tritonserver, whose models get writable inputs over every protocol: JSON, binary HTTP and
 gRPC, small tensors and large ones (a large gRPC request's inputs are read where they
-arrived, a compressed one's from the inflated bytes).
+arrived, a compressed one's from the inflated bytes), and system shared memory, whose
+region the client reads again afterwards and must find unchanged.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shared_memory
 
 from tests.differential.conftest import start_triton
 from tests.harness import run_server
@@ -48,7 +51,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         outputs=[("OUT", "FP32", [-1])],
     )
     write_python_model(repo, "py_in_place", _MODEL, config)
-    args = ["--model-repository", str(repo)]
+    args = ["--model-repository", str(repo), "--allow-client-shm=true"]
     with run_server(args, services=("http", "grpc")) as ours, start_triton(repo) as theirs:
         yield {"ours": ours, "triton": theirs}
 
@@ -85,3 +88,27 @@ def test_models_change_their_inputs_in_place(servers: dict[str, Any], size: int)
             answers.append(_http(server.http_url, size, binary=False))
         for answer in answers:
             np.testing.assert_array_equal(answer, expected, err_msg=name)
+
+
+def test_a_shared_memory_input_is_the_models_own_copy(servers: dict[str, Any]) -> None:
+    values = _values(4)
+    expected = values / 2 + 1
+    for name, server in servers.items():
+        key = f"/py_in_place_{name}_{uuid.uuid4().hex[:8]}"
+        region = shared_memory.create_shared_memory_region("in_place", key, values.nbytes)
+        try:
+            shared_memory.set_shared_memory_region(region, [values])
+            with httpclient.InferenceServerClient(server.http_url) as client:
+                client.register_system_shared_memory("in_place", key, values.nbytes)
+                try:
+                    for _ in range(2):  # the second request reads the region again
+                        tensor = httpclient.InferInput("IN", [1, 4], "FP32")
+                        tensor.set_shared_memory("in_place", values.nbytes)
+                        answer = client.infer("py_in_place", [tensor]).as_numpy("OUT")
+                        np.testing.assert_array_equal(answer, expected, err_msg=name)
+                finally:
+                    client.unregister_system_shared_memory("in_place")
+            left = shared_memory.get_contents_as_numpy(region, np.float32, [1, 4])
+            np.testing.assert_array_equal(left, values, err_msg=name)
+        finally:
+            shared_memory.destroy_shared_memory_region(region)
