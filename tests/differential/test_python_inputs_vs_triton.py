@@ -38,6 +38,40 @@ class TritonPythonModel:
         return responses
 """
 
+# Passes its input through; the caller sends it its own input by BLS, changes the answer in
+# place, and adds its input, which must be unchanged.
+_PASS = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())]
+            )
+            for r in requests
+        ]
+"""
+_CALLER = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "IN")
+            answer = pb_utils.InferenceRequest(
+                model_name="py_pass", inputs=[x], requested_output_names=["OUT"]
+            ).exec()
+            y = pb_utils.get_output_tensor_by_name(answer, "OUT").as_numpy()
+            y += 100
+            out = pb_utils.Tensor("OUT", y + x.as_numpy())
+            responses.append(pb_utils.InferenceResponse([out]))
+        return responses
+"""
+
 SIZES = (4, 40_000)  # 16 bytes, and 160 KB: past the size read in place
 
 
@@ -51,6 +85,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         outputs=[("OUT", "FP32", [-1])],
     )
     write_python_model(repo, "py_in_place", _MODEL, config)
+    for name, source in (("py_pass", _PASS), ("py_caller", _CALLER)):
+        write_python_model(repo, name, source, config.replace("py_in_place", name))
     args = ["--model-repository", str(repo), "--allow-client-shm=true"]
     with run_server(args, services=("http", "grpc")) as ours, start_triton(repo) as theirs:
         yield {"ours": ours, "triton": theirs}
@@ -112,3 +148,14 @@ def test_a_shared_memory_input_is_the_models_own_copy(servers: dict[str, Any]) -
             np.testing.assert_array_equal(left, values, err_msg=name)
         finally:
             shared_memory.destroy_shared_memory_region(region)
+
+
+def test_the_two_sides_of_a_bls_call_do_not_share_memory(servers: dict[str, Any]) -> None:
+    values = _values(4)
+    for name, server in servers.items():
+        for binary in (False, True):
+            with httpclient.InferenceServerClient(server.http_url) as client:
+                tensor = httpclient.InferInput("IN", [1, 4], "FP32")
+                tensor.set_data_from_numpy(values, binary_data=binary)
+                answer = client.infer("py_caller", [tensor]).as_numpy("OUT")
+            np.testing.assert_array_equal(answer, 2 * values + 100, err_msg=name)

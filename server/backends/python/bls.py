@@ -23,6 +23,7 @@ from server.backends.python.messages import (
 )
 from server.backends.python.tensor import Tensor
 from server.errors import ServerError
+from server.tensors import writable
 from server.types import InferInput, InferRequest, InferResponse, RequestedOutput
 
 if TYPE_CHECKING:
@@ -53,7 +54,11 @@ def to_server_request(request: InferenceRequest) -> InferRequest:
         raise TritonModelException("a BLS request needs a model_name")
     inputs = []
     for tensor in request.inputs():
-        array = tensor.as_numpy()
+        # The called model reads the caller's memory through a read-only view: one that
+        # may write in its inputs is given a copy (``writable``), so that neither side's
+        # changes reach the other, as with Triton's copies through shared memory.
+        array = tensor.as_numpy().view()
+        array.flags.writeable = False
         inputs.append(InferInput(tensor.name(), tensor.datatype(), tuple(array.shape), array))
     names = request.requested_output_names()
     version = request.model_version()
@@ -69,7 +74,9 @@ def to_server_request(request: InferenceRequest) -> InferRequest:
 
 
 def to_model_response(response: InferResponse) -> InferenceResponse:
-    tensors = [Tensor._wrap(o.name, np.asarray(o.data), o.datatype) for o in response.outputs]
+    tensors = [
+        Tensor._wrap(o.name, writable(np.asarray(o.data)), o.datatype) for o in response.outputs
+    ]
     converted = InferenceResponse(tensors)
     if response.parameters:
         converted._parameters = json.dumps(response.parameters, default=str)
