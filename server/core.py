@@ -286,7 +286,10 @@ class Core:
                     name, datatype, tuple(array.shape), array, dict(params) if params else {}
                 )
             )
-        return InferResponse(request.model_name, view.version, tensors, request.id)
+        parameters = getattr(outputs, "parameters", None)
+        return InferResponse(
+            request.model_name, view.version, tensors, request.id, dict(parameters or {})
+        )
 
     # --- statistics and repository -------------------------------------------------
     def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:

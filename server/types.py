@@ -39,6 +39,17 @@ class OutputTensor:
     parameters: Parameters = field(default_factory=dict)
 
 
+class ModelOutputs(dict[str, np.ndarray]):
+    """A model's outputs by name, with the parameters it set on its response (a Python
+    model's ``InferenceResponse(..., parameters=...)``), which the response carries."""
+
+    __slots__ = ("parameters",)
+
+    def __init__(self, parameters: Parameters | None = None) -> None:
+        super().__init__()
+        self.parameters: Parameters = parameters or {}
+
+
 @dataclass(slots=True)
 class InferResponse:
     model_name: str

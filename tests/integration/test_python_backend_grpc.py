@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.harness import ServerProcess, run_server
+from tests.models import model_config, write_python_model
 from tests.python_models import build_repository
 
 STREAM_TIMEOUT = 30.0
@@ -223,3 +225,44 @@ def test_two_decoupled_requests_interleave_on_one_stream(stream: Stream) -> None
         assert error is None
         received[result.get_response().id].append(int(result.as_numpy("OUT")[0]))
     assert received == {"a": [10, 11], "b": [20, 21, 22]}
+
+
+_PARAMETERS_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUT", np.array([1], dtype=np.int32))],
+                parameters={"label": "cat", "count": 3, "sure": True},
+            )
+            for _ in requests
+        ]
+"""
+
+
+def test_response_parameters_a_model_sets_reach_the_client(tmp_path: Path) -> None:
+    config = model_config(
+        "py_parameters",
+        backend="python",
+        max_batch_size=0,
+        inputs=[("IN", "INT32", [1])],
+        outputs=[("OUT", "INT32", [1])],
+    )
+    write_python_model(tmp_path, "py_parameters", _PARAMETERS_MODEL, config)
+    with run_server(["--model-repository", str(tmp_path)], services=("http", "grpc")) as srv:
+        with httpclient.InferenceServerClient(srv.http_url) as client:
+            tensor = httpclient.InferInput("IN", [1], "INT32")
+            tensor.set_data_from_numpy(np.array([0], dtype=np.int32))
+            answer = client.infer("py_parameters", [tensor]).get_response()
+        assert answer["parameters"] == {"label": "cat", "count": 3, "sure": True}
+        with grpcclient.InferenceServerClient(srv.grpc_url) as client:
+            values = np.array([0], dtype=np.int32)
+            response = client.infer("py_parameters", [_input("IN", values, "INT32")])
+        parameters = response.get_response().parameters
+        assert parameters["label"].string_param == "cat"
+        assert parameters["count"].int64_param == 3
+        assert parameters["sure"].bool_param is True

@@ -21,7 +21,7 @@ from server.errors import ServerError, internal
 from server.repository.view import ModelView
 from server.stats import ErrorResponse
 from server.tensors import owner_of, settled, writable
-from server.types import InferRequest, InferResponse
+from server.types import InferRequest, InferResponse, ModelOutputs
 
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
 TRITONSERVER_REQUEST_FLAG_SEQUENCE_START = 1
@@ -277,7 +277,8 @@ def response_outputs(
         return ErrorResponse.of(to_server_error(error))
     # Outputs keep the datatype the model produced, as Triton sends them, even where the
     # config declares another; only numpy text arrays become BYTES objects.
-    outputs: dict[str, np.ndarray] = {}
+    parameters = response.parameters()
+    outputs = ModelOutputs(json.loads(parameters) if parameters not in ("", "{}") else None)
     for tensor in response.output_tensors():
         array = tensor.as_numpy()
         if tensor.datatype() == "BYTES" and array.dtype.kind in "SU":
