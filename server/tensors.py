@@ -251,6 +251,8 @@ def settled(array: np.ndarray, inputs: Collection[int] = ()) -> np.ndarray:
     object, or is one of the requests' own inputs (``inputs``, the ids of their owners),
     as when a model passes an input through.
     """
+    if id(array) in inputs:  # an input the model was given, passed through as it is
+        return array
     owner = owner_of(array)
     if type(owner) is bytes or id(owner) in inputs:
         return array

@@ -43,11 +43,8 @@ class ModelOutputs(dict[str, np.ndarray]):
     """A model's outputs by name, with the parameters it set on its response (a Python
     model's ``InferenceResponse(..., parameters=...)``), which the response carries."""
 
-    __slots__ = ("parameters",)
-
-    def __init__(self, parameters: Parameters | None = None) -> None:
-        super().__init__()
-        self.parameters: Parameters = parameters or {}
+    # Set on the instance where the model set any; this shared default is never changed.
+    parameters: Parameters = {}  # noqa: RUF012
 
 
 @dataclass(slots=True)

@@ -181,7 +181,7 @@ class InferenceRequest:
             # Models may change their inputs in place (``x /= 255``), as under Triton, whose
             # inputs are the stub's own copies.
             data = writable(tensor.data)
-            owners.add(id(owner_of(data)))
+            owners.add(id(data) if data.base is None else id(owner_of(data)))
             inputs.append(Tensor._wrap(tensor.name, data, tensor.datatype))
         request._inputs = inputs
         if source.outputs is None:
@@ -277,8 +277,10 @@ def response_outputs(
         return ErrorResponse.of(to_server_error(error))
     # Outputs keep the datatype the model produced, as Triton sends them, even where the
     # config declares another; only numpy text arrays become BYTES objects.
+    outputs = ModelOutputs()
     parameters = response.parameters()
-    outputs = ModelOutputs(json.loads(parameters) if parameters not in ("", "{}") else None)
+    if parameters not in ("", "{}"):
+        outputs.parameters = json.loads(parameters)
     for tensor in response.output_tensors():
         array = tensor.as_numpy()
         if tensor.datatype() == "BYTES" and array.dtype.kind in "SU":
