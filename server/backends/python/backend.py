@@ -216,8 +216,10 @@ class PythonInstance(ModelInstance):
 
     def execute(self, requests: Sequence[InferRequest], timing: Timing) -> list[RequestOutputs]:
         view = self._view
-        # The owners of the inputs the model is given: an output over one passes through.
-        inputs: set[int] = set()
+        # The owners of the inputs the model is given, by id: an output over one passes
+        # through. Held here, so that no other object can take one's id while a response
+        # may still be sent.
+        inputs: dict[int, object] = {}
         senders = [
             InferenceResponseSender(r, view.decoupled, self._converter(r, inputs)) for r in requests
         ]
@@ -271,7 +273,7 @@ class PythonInstance(ModelInstance):
         # the model had already completed its stream.
         return [error if sender.fail(error) else {} for sender in senders]
 
-    def _converter(self, request: InferRequest, inputs: set[int]) -> Any:
+    def _converter(self, request: InferRequest, inputs: dict[int, object]) -> Any:
         view = self._view
 
         def convert(response: InferenceResponse, final: bool) -> InferResponse | ServerError:

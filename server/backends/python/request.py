@@ -165,7 +165,7 @@ class InferenceRequest:
         source: InferRequest,
         view: ModelView,
         sender: InferenceResponseSender,
-        owners: set[int],
+        owners: dict[int, object],
     ) -> InferenceRequest:
         """The request as ``execute`` receives it; the owners of its inputs' memory are
         added to ``owners``."""
@@ -181,7 +181,8 @@ class InferenceRequest:
             # Models may change their inputs in place (``x /= 255``), as under Triton, whose
             # inputs are the stub's own copies.
             data = writable(tensor.data)
-            owners.add(id(data) if data.base is None else id(owner_of(data)))
+            owner = data if data.base is None else owner_of(data)
+            owners[id(owner)] = owner
             inputs.append(Tensor._wrap(tensor.name, data, tensor.datatype))
         request._inputs = inputs
         if source.outputs is None:
