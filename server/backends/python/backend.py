@@ -54,7 +54,7 @@ def install_module() -> None:
     sys.modules.setdefault(MODULE_NAME, pb_utils)
 
 
-def import_model(path: Path, label: str) -> ModuleType:
+def import_model(path: Path, label: str, instance: str = "") -> ModuleType:
     """Import one ``model.py`` as a module of its own, so instances do not share globals.
 
     It is the ``model`` module of a package of its own whose modules are the files beside
@@ -66,7 +66,7 @@ def import_model(path: Path, label: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise unavailable(f"unable to import '{path}'")
-    owner = imports.prepare(package, [str(path.parent), str(path.parent.parent)])
+    owner = imports.prepare(package, [str(path.parent), str(path.parent.parent)], instance)
     module = importlib.util.module_from_spec(spec)
     module.__dict__["__builtins__"] = owner.builtins
     with _import_lock:
@@ -174,7 +174,9 @@ class PythonBackend(Backend):
             )
         module = None
         try:
-            module = import_model(path, f"{config.name}_{view.version}_{instance.name}")
+            module = import_model(
+                path, f"{config.name}_{view.version}_{instance.name}", instance.name
+            )
             model = _model_class(module, path)()
             args = {
                 "model_config": json.dumps(config_to_json_dict(config)),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from server.backends.python import imports
 from server.backends.python.messages import (
     InferenceResponse,
     TritonModelException,
@@ -151,3 +152,48 @@ async def _collect(core: Core, request: InferRequest) -> Iterator[InferenceRespo
     responses: list[Any] = []
     await _stream(core, request, responses.append)
     return iter([r for r in responses if r is not _END])
+
+
+# --- the model loading API --------------------------------------------------------------
+def get_model_dir() -> str:
+    """The version folder of the model whose code calls it."""
+    owner = imports.calling_model()
+    if owner is None:
+        raise TritonModelException("get_model_dir() is for a model's own code")
+    return owner.folders[0]
+
+
+def is_model_ready(model_name: str, model_version: str = "") -> bool:
+    core, _ = _target()
+    try:
+        return core.model_ready(model_name, str(model_version))
+    except ServerError:
+        return False  # a model the repository does not have
+
+
+def load_model(model_name: str, config: str = "", files: Any = None) -> None:
+    """Load (or reload) a model, as the repository API's load with ``config`` and
+    ``files`` (``{"file:<version>/<name>": bytes}``) does; explicit model control only."""
+    core, loop = _target()
+    parameters: dict[str, Any] = dict(files or {})
+    if config:
+        parameters["config"] = config
+    _control("load", core.load_model(model_name, parameters), loop)
+
+
+def unload_model(model_name: str, unload_dependents: bool = False) -> None:
+    core, loop = _target()
+    parameters = {"unload_dependents": bool(unload_dependents)}
+    _control("unload", core.unload_model(model_name, parameters), loop)
+
+
+def _control(verb: str, work: Any, loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        asyncio.run_coroutine_threadsafe(work, loop).result()
+    except ServerError as exc:
+        owner = imports.calling_model()
+        instance = owner.instance if owner is not None else ""
+        raise TritonModelException(
+            f"Failed to {verb} model: Failed to process the request for model '{instance}', "
+            f"message: {exc.message}"
+        ) from None

@@ -36,9 +36,11 @@ _folders: dict[str, int] = {}
 class ModelImports:
     """The import machinery of one imported ``model.py``."""
 
-    def __init__(self, package: str, folders: Sequence[str]) -> None:
+    def __init__(self, package: str, folders: Sequence[str], instance: str = "") -> None:
         self.package = package
         self.folders = list(folders)
+        # The model instance whose model.py this is, for the messages of calls it makes.
+        self.instance = instance
         # Top-level name -> whether it is one of the model's own files.
         self._own: dict[str, bool] = {}
         self.builtins: dict[str, Any] = dict(builtins.__dict__)
@@ -125,9 +127,9 @@ class _OwnFilesFinder(importlib.abc.MetaPathFinder):
 _finder = _OwnFilesFinder()
 
 
-def prepare(package: str, folders: Sequence[str]) -> ModelImports:
+def prepare(package: str, folders: Sequence[str], instance: str = "") -> ModelImports:
     """Register ``package``, whose modules are the files in ``folders``, for one model."""
-    owner = ModelImports(package, folders)
+    owner = ModelImports(package, folders, instance)
     holder = types.ModuleType(package)
     holder.__path__ = list(folders)
     holder.__package__ = package
@@ -164,3 +166,14 @@ def release(package: str) -> None:
                 sys.path.remove(folder)
             except ValueError:
                 pass
+
+
+def calling_model() -> ModelImports | None:
+    """The model whose code (its ``model.py`` or a file beside it) made the current call."""
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None:
+        owner = _owners.get(str(frame.f_globals.get("__name__", "")).partition(".")[0])
+        if owner is not None:
+            return owner
+        frame = frame.f_back
+    return None

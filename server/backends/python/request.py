@@ -124,6 +124,13 @@ def _put_all(queue: Any, items: list[StreamItem]) -> None:
         queue.put_nowait(item)
 
 
+class InferenceTrace:
+    """A request's trace as a model holds it: ``request.trace()``, to pass on as ``trace=``."""
+
+    def get_context(self) -> str | None:
+        return None
+
+
 class InferenceRequest:
     """Requests a model receives in ``execute``, and BLS requests it builds itself:
     ``InferenceRequest(model_name=..., inputs=[...], requested_output_names=[...]).exec()``."""
@@ -213,6 +220,15 @@ class InferenceRequest:
 
     def flags(self) -> int:
         return self._flags
+
+    def set_flags(self, flags: int) -> None:
+        """The sequence flags of a request this model sends (BLS)."""
+        self._flags = int(flags)
+
+    def trace(self) -> InferenceTrace:
+        """The request's trace, for a BLS request to carry on (``trace=``); tracing is not
+        enabled here, so it carries nothing."""
+        return InferenceTrace()
 
     def timeout(self) -> int:
         return self._timeout

@@ -33,8 +33,30 @@ _TYPE_CODES: dict[str, int] = {
 _CODE_TO_WIRE = {code: wire for wire, code in _TYPE_CODES.items()}
 
 
+# A configuration data type's numpy type, as Triton's module names them (a model may read
+# this dict directly).
+TRITON_STRING_TO_NUMPY: dict[str, type] = {
+    "TYPE_BOOL": bool,
+    "TYPE_UINT8": np.uint8,
+    "TYPE_UINT16": np.uint16,
+    "TYPE_UINT32": np.uint32,
+    "TYPE_UINT64": np.uint64,
+    "TYPE_INT8": np.int8,
+    "TYPE_INT16": np.int16,
+    "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64,
+    "TYPE_FP16": np.float16,
+    "TYPE_FP32": np.float32,
+    "TYPE_FP64": np.float64,
+    "TYPE_STRING": np.object_,
+}
+
+
 def triton_string_to_numpy(triton_type_string: str) -> type:
     """``"TYPE_FP32"`` -> ``np.float32``; ``"TYPE_STRING"`` -> ``np.object_``."""
+    known = TRITON_STRING_TO_NUMPY.get(triton_type_string)
+    if known is not None:
+        return known
     wire = CONFIG_TO_WIRE.get(triton_type_string)
     if wire is None:
         raise ValueError(f"unknown model configuration data type '{triton_type_string}'")
