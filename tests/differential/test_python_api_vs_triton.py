@@ -1,7 +1,7 @@
-"""The ``triton_python_backend_utils`` API a model sees, side by side with tritonserver: every
-name its module and classes give a model is here too, and the model loading API
-(``load_model``, ``unload_model``, ``is_model_ready``, ``get_model_dir``) answers alike, with
-explicit model control and without.
+"""The ``triton_python_backend_utils`` API a model sees, against tritonserver: every name its
+module and classes give a model is here too (side by side), and the model loading API
+(``load_model``, ``unload_model``, ``is_model_ready``, ``get_model_dir``) answers as
+tritonserver 2.51 answered, with explicit model control and without.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def execute(self, requests):
-        text = np.array([b"other"], dtype=object)
+        text = np.array([b'"other"'], dtype=object)  # JSON, as the other models answer
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", text)]) for _ in requests]
 """
 
@@ -129,13 +129,52 @@ def test_every_name_a_model_uses_is_here(tmp_path: Path) -> None:
     assert missing == {}
 
 
+def _refused(verb: str) -> str:
+    return (
+        f"Failed to {verb} model: Failed to process the request for model 'py_control_0', "
+        "message: explicit model load / unload is not allowed if polling is enabled"
+    )
+
+
+# What tritonserver 2.51 answered to the calls of ``py_control``. These are not asked of it
+# side by side: with these calls it aborts now and then (a boost::interprocess lock
+# exception in its Python backend) or hangs, which would make the test fail for it.
+ANSWERS = {
+    False: [
+        ["model_dir", True],
+        ["ready", "ok", "True"],
+        ["unload", "TritonModelException", _refused("unload")],
+        ["ready after unload", "ok", "True"],
+        ["load", "TritonModelException", _refused("load")],
+        ["ready after load", "ok", "True"],
+        ["load missing", "TritonModelException", _refused("load")],
+        ["ready missing", "ok", "False"],
+        ["load with config", "TritonModelException", _refused("load")],
+    ],
+    True: [
+        ["model_dir", True],
+        ["ready", "ok", "True"],
+        ["unload", "ok", "None"],
+        ["ready after unload", "ok", "False"],
+        ["load", "ok", "None"],
+        ["ready after load", "ok", "True"],
+        [
+            "load missing",
+            "TritonModelException",
+            "Failed to load model: Failed to process the request for model 'py_control_0', "
+            "message: failed to load 'no_such_model', failed to poll from model repository",
+        ],
+        ["ready missing", "ok", "False"],
+        ["load with config", "ok", "None"],
+    ],
+}
+
+
 @pytest.mark.parametrize("explicit", [False, True])
-def test_the_model_loading_api_answers_alike(tmp_path: Path, explicit: bool) -> None:
+def test_the_model_loading_api_answers_as_triton(tmp_path: Path, explicit: bool) -> None:
     repo = _repo(tmp_path)
     mode = ["--model-control-mode=explicit", "--load-model=*"] if explicit else []
     with run_server(["--model-repository", str(repo), *mode], services=("http",)) as ours:
-        mine = _answer(ours.http_url, "py_control")
-    with start_triton(repo, mode) as theirs:
-        reference = _answer(theirs.http_url, "py_control")
-    assert reference[0] == ["model_dir", True]
-    assert mine == reference
+        assert _answer(ours.http_url, "py_control") == ANSWERS[explicit]
+        # The model it unloaded and loaded again serves.
+        assert _answer(ours.http_url, "py_other") == "other"
