@@ -288,7 +288,7 @@ class Core:
             )
         parameters = getattr(outputs, "parameters", None)
         return InferResponse(
-            request.model_name, view.version, tensors, request.id, dict(parameters or {})
+            request.model_name, view.version, tensors, request.id, dict(parameters or ())
         )
 
     # --- statistics and repository -------------------------------------------------

@@ -221,13 +221,22 @@ def from_buffer(
 
 
 def writable(array: np.ndarray) -> np.ndarray:
-    """What a model that changes its inputs in place may be given: ``array`` itself where
-    it is the request's own writable memory, otherwise a copy: of read-only memory (the
-    bytes a request arrived in) and of a shared-memory region (the client's, which its
-    next requests may read again; Triton's models work on copies of it too)."""
-    if array.flags.writeable and not isinstance(owner_of(array), mmap.mmap):
-        return array
-    return array.copy()
+    """What a model that changes its inputs in place may be given (``model_input``)."""
+    return model_input(array)[0]
+
+
+def model_input(array: np.ndarray) -> tuple[np.ndarray, object]:
+    """What a model that changes its inputs in place may be given, and the object owning
+    its memory: ``array`` itself where it is the request's own writable memory, otherwise
+    a copy: of read-only memory (the bytes a request arrived in) and of a shared-memory
+    region (the client's, which its next requests may read again; Triton's models work on
+    copies of it too)."""
+    if array.flags.writeable:
+        owner = owner_of(array)
+        if not isinstance(owner, mmap.mmap):
+            return array, owner
+    copy = array.copy()
+    return copy, copy
 
 
 def owner_of(array: np.ndarray) -> object:

@@ -363,6 +363,19 @@ def write_python_model(
     return model_dir
 
 
+def write_python_probe(repo: Path, name: str, source: str, output: str = "BYTES") -> Path:
+    """A Python model without batching, with one INT32 [1] input ``IN`` and one [1] output
+    ``OUT`` of type ``output``: the shape of the test models that report what they saw."""
+    config = model_config(
+        name,
+        backend="python",
+        max_batch_size=0,
+        inputs=[("IN", "INT32", [1])],
+        outputs=[("OUT", output, [1])],
+    )
+    return write_python_model(repo, name, source, config)
+
+
 def write_python_identity(
     repo: Path,
     name: str,

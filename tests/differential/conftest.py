@@ -11,6 +11,7 @@ server a test starts is stopped when the test ends.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -19,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,3 +165,15 @@ def assert_same_outcome(name: str, mine: dict[str, str], reference: dict[str, st
     assert mine["state"] == reference["state"], (name, mine, reference)
     assert reference.get("reason", "").endswith(mine.get("reason", "")), (name, mine, reference)
     assert bool(mine.get("reason")) == bool(reference.get("reason")), (name, mine, reference)
+
+
+def probe_answer(url: str, model: str) -> Any:
+    """What a probe model (``tests.models.write_python_probe``) answered, as the JSON its
+    BYTES output holds."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    with httpclient.InferenceServerClient(url) as client:
+        tensor = httpclient.InferInput("IN", [1], "INT32")
+        tensor.set_data_from_numpy(np.array([1], dtype=np.int32))
+        return json.loads(client.infer(model, [tensor]).as_numpy("OUT")[0])

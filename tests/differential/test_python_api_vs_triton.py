@@ -6,17 +6,13 @@ tritonserver 2.51 answered, with explicit model control and without.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-import tritonclient.http as httpclient
 
-from tests.differential.conftest import start_triton
+from tests.differential.conftest import probe_answer, start_triton
 from tests.harness import run_server
-from tests.models import model_config, write_python_model
+from tests.models import write_python_probe
 
 pytestmark = pytest.mark.triton
 
@@ -96,22 +92,8 @@ class TritonPythonModel:
 
 def _repo(base: Path) -> Path:
     for name, source in (("py_names", _NAMES), ("py_control", _CONTROL), ("py_other", _OTHER)):
-        config = model_config(
-            name,
-            backend="python",
-            max_batch_size=0,
-            inputs=[("IN", "INT32", [1])],
-            outputs=[("OUT", "BYTES", [1])],
-        )
-        write_python_model(base, name, source, config)
+        write_python_probe(base, name, source)
     return base
-
-
-def _answer(url: str, model: str) -> Any:
-    with httpclient.InferenceServerClient(url) as client:
-        tensor = httpclient.InferInput("IN", [1], "INT32")
-        tensor.set_data_from_numpy(np.array([1], dtype=np.int32))
-        return json.loads(client.infer(model, [tensor]).as_numpy("OUT")[0])
 
 
 def test_every_name_a_model_uses_is_here(tmp_path: Path) -> None:
@@ -120,7 +102,10 @@ def test_every_name_a_model_uses_is_here(tmp_path: Path) -> None:
         run_server(["--model-repository", str(repo)], services=("http",)) as ours,
         start_triton(repo) as theirs,
     ):
-        mine, reference = _answer(ours.http_url, "py_names"), _answer(theirs.http_url, "py_names")
+        mine, reference = (
+            probe_answer(ours.http_url, "py_names"),
+            probe_answer(theirs.http_url, "py_names"),
+        )
     missing = {
         scope: sorted(set(names) - set(mine.get(scope, [])))
         for scope, names in reference.items()
@@ -175,6 +160,6 @@ def test_the_model_loading_api_answers_as_triton(tmp_path: Path, explicit: bool)
     repo = _repo(tmp_path)
     mode = ["--model-control-mode=explicit", "--load-model=*"] if explicit else []
     with run_server(["--model-repository", str(repo), *mode], services=("http",)) as ours:
-        assert _answer(ours.http_url, "py_control") == ANSWERS[explicit]
+        assert probe_answer(ours.http_url, "py_control") == ANSWERS[explicit]
         # The model it unloaded and loaded again serves.
-        assert _answer(ours.http_url, "py_other") == "other"
+        assert probe_answer(ours.http_url, "py_other") == "other"

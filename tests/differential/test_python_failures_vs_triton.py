@@ -20,7 +20,7 @@ from tests.differential.conftest import (
     repository_index,
     serve_side_by_side,
 )
-from tests.models import model_config, write_python_model
+from tests.models import write_python_probe
 
 pytestmark = pytest.mark.triton
 
@@ -60,14 +60,7 @@ def _repo(base: Path) -> Path:
     repo = base / "repo"
     for name, (at_import, initialize, execute) in MODELS.items():
         source = at_import + _CLASS.replace("INITIALIZE", initialize).replace("EXECUTE", execute)
-        config = model_config(
-            name,
-            backend="python",
-            max_batch_size=0,
-            inputs=[("IN", "INT32", [1])],
-            outputs=[("OUT", "INT32", [1])],
-        )
-        write_python_model(repo, name, source, config)
+        write_python_probe(repo, name, source, output="INT32")
     return repo
 
 

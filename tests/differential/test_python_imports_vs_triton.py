@@ -8,18 +8,16 @@ file, and a model reloaded after its files changed must see the new ones.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from tests.differential.conftest import start_triton
+from tests.differential.conftest import probe_answer, start_triton
 from tests.harness import run_server
-from tests.models import model_config, write_python_model
+from tests.models import write_python_probe
 
 pytestmark = pytest.mark.triton
 
@@ -60,14 +58,7 @@ class TritonPythonModel:
 
 
 def _write_model(repo: Path, name: str, tag: str) -> None:
-    config = model_config(
-        name,
-        backend="python",
-        max_batch_size=0,
-        inputs=[("IN", "INT32", [1])],
-        outputs=[("OUT", "BYTES", [1])],
-    )
-    model = write_python_model(repo, name, _MODEL, config)
+    model = write_python_probe(repo, name, _MODEL)
     _write_files(model / "1", model, tag)
 
 
@@ -94,13 +85,6 @@ def _expected(tag: str) -> dict[str, Any]:
     }
 
 
-def _seen(url: str, name: str) -> dict[str, Any]:
-    with httpclient.InferenceServerClient(url) as client:
-        tensor = httpclient.InferInput("IN", [1], "INT32")
-        tensor.set_data_from_numpy(np.array([1], dtype=np.int32))
-        return json.loads(client.infer(name, [tensor]).as_numpy("OUT")[0])
-
-
 @pytest.fixture()
 def repos(tmp_path: Path) -> Iterator[dict[str, Path]]:
     # One repository per server: the reload test rewrites files under each.
@@ -119,7 +103,7 @@ def test_each_model_imports_its_own_files(repos: dict[str, Path]) -> None:
         start_triton(repos["triton"]) as theirs,
     ):
         for name, tag in zip(MODELS, ("a", "b"), strict=True):
-            mine, reference = _seen(ours.http_url, name), _seen(theirs.http_url, name)
+            mine, reference = probe_answer(ours.http_url, name), probe_answer(theirs.http_url, name)
             assert reference == _expected(tag)
             assert mine == reference
 
@@ -133,9 +117,9 @@ def test_reloaded_model_imports_its_changed_files(repos: dict[str, Path]) -> Non
         start_triton(repos["triton"], explicit) as theirs,
     ):
         for side, server in (("ours", ours), ("triton", theirs)):
-            assert _seen(server.http_url, "py_files_a") == _expected("a")
+            assert probe_answer(server.http_url, "py_files_a") == _expected("a")
             model = repos[side] / "py_files_a"
             _write_files(model / "1", model, "a2")
             with httpclient.InferenceServerClient(server.http_url) as client:
                 client.load_model("py_files_a")
-            assert _seen(server.http_url, "py_files_a") == _expected("a2"), side
+            assert probe_answer(server.http_url, "py_files_a") == _expected("a2"), side

@@ -15,7 +15,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.harness import ServerProcess, run_server
-from tests.models import model_config, write_python_model
+from tests.models import write_python_probe
 from tests.python_models import build_repository
 
 STREAM_TIMEOUT = 30.0
@@ -245,14 +245,7 @@ class TritonPythonModel:
 
 
 def test_response_parameters_a_model_sets_reach_the_client(tmp_path: Path) -> None:
-    config = model_config(
-        "py_parameters",
-        backend="python",
-        max_batch_size=0,
-        inputs=[("IN", "INT32", [1])],
-        outputs=[("OUT", "INT32", [1])],
-    )
-    write_python_model(tmp_path, "py_parameters", _PARAMETERS_MODEL, config)
+    write_python_probe(tmp_path, "py_parameters", _PARAMETERS_MODEL, output="INT32")
     with run_server(["--model-repository", str(tmp_path)], services=("http", "grpc")) as srv:
         with httpclient.InferenceServerClient(srv.http_url) as client:
             tensor = httpclient.InferInput("IN", [1], "INT32")

@@ -119,28 +119,19 @@ def _write_configs(repo: Path) -> None:
             dynamic_batching=False,
         ),
     )
-    write_config(
-        repo,
-        "pt_in_place",
-        model_config(
-            "pt_in_place",
-            platform="pytorch_libtorch",
-            max_batch_size=0,
-            inputs=[("INPUT__0", "UINT8", [1])],
-            outputs=[("OUTPUT__0", "UINT8", [1])],
-        ),
-    )
-    write_config(
-        repo,
-        "pt_kept_output",
-        model_config(
-            "pt_kept_output",
-            platform="pytorch_libtorch",
-            max_batch_size=0,
-            inputs=[("INPUT__0", "FP32", [1024])],
-            outputs=[("OUTPUT__0", "FP32", [1024])],
-        ),
-    )
+    # One tensor in and one out, no batching.
+    for name, datatype, dims in (("pt_in_place", "UINT8", [1]), ("pt_kept_output", "FP32", [1024])):
+        write_config(
+            repo,
+            name,
+            model_config(
+                name,
+                platform="pytorch_libtorch",
+                max_batch_size=0,
+                inputs=[("INPUT__0", datatype, dims)],
+                outputs=[("OUTPUT__0", datatype, dims)],
+            ),
+        )
 
 
 def _repo(base: Path, with_files: bool) -> Path:

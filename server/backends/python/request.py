@@ -20,7 +20,7 @@ from server.backends.python.tensor import Tensor, as_bytes_array
 from server.errors import ServerError, internal
 from server.repository.view import ModelView
 from server.stats import ErrorResponse
-from server.tensors import owner_of, settled, writable
+from server.tensors import model_input, settled
 from server.types import InferRequest, InferResponse, ModelOutputs
 
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
@@ -187,8 +187,7 @@ class InferenceRequest:
         for tensor in source.inputs:
             # Models may change their inputs in place (``x /= 255``), as under Triton, whose
             # inputs are the stub's own copies.
-            data = writable(tensor.data)
-            owner = data if data.base is None else owner_of(data)
+            data, owner = model_input(tensor.data)
             owners[id(owner)] = owner
             inputs.append(Tensor._wrap(tensor.name, data, tensor.datatype))
         request._inputs = inputs
