@@ -314,8 +314,50 @@ def _placed_module(path: Path) -> None:
     torch.jit.script(Placed()).save(str(path))
 
 
+# A Python-backend model as Triton's GPU examples write them: torch on the instance's device,
+# inputs taken through DLPack, outputs handed back as a raw DLPack capsule, as a torch tensor
+# and (where CuPy is installed) as a CuPy array, all three in device memory on a GPU instance.
+PYTHON_GPU_MODEL = """
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+from torch.utils.dlpack import from_dlpack, to_dlpack
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.kind = args["model_instance_kind"]
+        ordinal = int(args["model_instance_device_id"])
+        self.device = torch.device("cuda", ordinal) if self.kind == "GPU" else torch.device("cpu")
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            given = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            x = from_dlpack(given.to_dlpack()).to(self.device)
+            y = x * 2 + 1
+            third = y + 2
+            if self.device.type == "cuda":
+                try:
+                    import cupy
+                except ImportError:
+                    pass
+                else:
+                    third = cupy.from_dlpack(third)
+            where = np.array([x.get_device() if self.kind == "GPU" else -1], dtype=np.int32)
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor.from_dlpack("OUTPUT0", to_dlpack(y)),
+                pb_utils.Tensor.from_dlpack("OUTPUT1", y + 1),
+                pb_utils.Tensor.from_dlpack("OUTPUT2", third),
+                pb_utils.Tensor("WHERE", where),
+                pb_utils.Tensor("KIND", np.array([self.kind.encode()], dtype=np.object_)),
+            ]))
+        return responses
+"""
+
+
 def _server_repo(root: Path, gpus: list[GpuDevice]) -> Path:
-    from tests.models import model_config, write_config, write_onnx_add_sub
+    from tests.models import model_config, write_config, write_onnx_add_sub, write_python_model
 
     repo = root / "server_repo"
     every = ", ".join(str(g.index) for g in gpus)
@@ -339,9 +381,26 @@ def _server_repo(root: Path, gpus: list[GpuDevice]) -> Path:
             ),
         )
         _placed_module(repo / name / "1" / "model.pt")
+    for name, kind in (("python_gpu", "KIND_GPU"), ("python_cpu", "KIND_CPU")):
+        config = model_config(
+            name,
+            backend="python",
+            max_batch_size=0,
+            inputs=[("INPUT0", "FP32", [8])],
+            outputs=[
+                *((f"OUTPUT{i}", "FP32", [8]) for i in range(3)),
+                ("WHERE", "INT32", [1]),
+                ("KIND", "BYTES", [1]),
+            ],
+            extra=f"instance_group [ {{ kind: {kind} }} ]",
+        )
+        write_python_model(repo, name, PYTHON_GPU_MODEL, config)
     write_onnx_add_sub(repo, "onnx_gpu", config_extra="instance_group [ { kind: KIND_GPU } ]")
     write_onnx_add_sub(repo, "onnx_auto")
     return repo
+
+
+PYTHON_MODELS = ("python_cpu", "python_gpu")
 
 
 def _metric_samples(text: str) -> list[Any]:
@@ -381,7 +440,7 @@ def check_server(gpus: list[GpuDevice], workdir: Path) -> dict[str, Any]:
         def states() -> None:
             index = {row["name"]: row for row in http.get_model_repository_index()}
             report["index"] = {n: [r.get("state"), r.get("reason", "")] for n, r in index.items()}
-            ready = ("placed_gpu", "placed_auto", "placed_cpu", "onnx_auto")
+            ready = ("placed_gpu", "placed_auto", "placed_cpu", "onnx_auto", *PYTHON_MODELS)
             for name in ready:
                 expect(index[name].get("state") == "READY", f"{name} is not READY")
             expect(index["placed_bad"].get("state") == "UNAVAILABLE", "placed_bad loaded")
@@ -429,6 +488,26 @@ def check_server(gpus: list[GpuDevice], workdir: Path) -> dict[str, Any]:
                 set(placed["placed_auto"]) <= set(every) and -1 not in placed["placed_auto"], "auto"
             )
             expect(set(placed["placed_cpu"]) == {-1}, "placed_cpu ran on a GPU")
+
+        def python_models() -> None:
+            x = np.linspace(-1, 1, 8, dtype=np.float32)
+            seen: dict[str, list[Any]] = {}
+            for name in PYTHON_MODELS:
+                for mod, client in ((httpclient, http), (grpcclient, grpc)):
+                    tensor = mod.InferInput("INPUT0", [8], "FP32")
+                    tensor.set_data_from_numpy(x)
+                    result = client.infer(name, [tensor])
+                    for i in range(3):
+                        expect(
+                            np.allclose(result.as_numpy(f"OUTPUT{i}"), x * 2 + 1 + i),
+                            f"{name} OUTPUT{i}",
+                        )
+                    where = int(result.as_numpy("WHERE")[0])
+                    kind = result.as_numpy("KIND")[0].decode()
+                    seen.setdefault(name, []).append([kind, where])
+            report["python_instances"] = seen
+            expect(all(k == "GPU" and w in every for k, w in seen["python_gpu"]), "python_gpu")
+            expect(all(k == "CPU" and w == -1 for k, w in seen["python_cpu"]), "python_cpu")
 
         def concurrency() -> None:
             def one(i: int) -> bool:
@@ -494,7 +573,7 @@ def check_server(gpus: list[GpuDevice], workdir: Path) -> dict[str, Any]:
                     ):
                         expect(gpu.uuid in gpu_families.get(family, {}), f"{family} for {gpu.uuid}")
 
-        for step in (states, placement, concurrency, onnx, nvml, metrics):
+        for step in (states, placement, python_models, concurrency, onnx, nvml, metrics):
             try:
                 step()
             except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 
 import numpy as np
@@ -9,7 +10,9 @@ import pytest
 
 from server.backends.python import create_backend
 from server.backends.python import pb_utils as pb
+from server.backends.python import tensor as tensor_module
 from server.backends.python.request import response_outputs
+from server.backends.python.tensor import capsule_device, device_to_host
 from server.errors import Code, ServerError
 from server.repository.view import ModelView, TensorSpec
 from server.tensors import CONFIG_TO_WIRE, NUMPY_DTYPES
@@ -84,6 +87,73 @@ def test_tensor_dlpack_round_trip() -> None:
     np.testing.assert_array_equal(back.as_numpy(), source)
     via_protocol = pb.Tensor.from_dlpack("V", np.arange(3, dtype=np.int64))
     assert via_protocol.as_numpy().tolist() == [0, 1, 2]
+
+
+def _fake_capsule(name: bytes, device_type: int) -> tuple[object, object]:
+    """A capsule named ``name`` over a zeroed DLPack structure whose device type is
+    ``device_type``, as torch or CuPy would hand over a tensor in device memory; the
+    structure is returned too, to outlive the capsule."""
+    memory = ctypes.create_string_buffer(96)
+    offset = 8 if name == b"dltensor" else 40
+    ctypes.c_int32.from_buffer(memory, offset).value = device_type
+    new = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)(
+        ("PyCapsule_New", ctypes.pythonapi)
+    )
+    label = ctypes.create_string_buffer(name)
+    return new(ctypes.addressof(memory), label, None), (memory, label)
+
+
+def test_dlpack_capsule_device_is_read_without_consuming_it() -> None:
+    host = np.arange(4, dtype=np.float32)
+    assert capsule_device(host.__dlpack__()) == 1
+    assert capsule_device(host.__dlpack__(max_version=(1, 0))) == 1
+    versioned = pb.Tensor.from_dlpack("V", host.__dlpack__(max_version=(1, 0)))
+    assert versioned.as_numpy().tolist() == [0, 1, 2, 3]
+    for name in (b"dltensor", b"dltensor_versioned"):
+        capsule, _keep = _fake_capsule(name, 2)  # kDLCUDA
+        assert capsule_device(capsule) == 2
+        assert capsule_device(capsule) == 2
+    used, _keep = _fake_capsule(b"used_dltensor", 1)
+    with pytest.raises(ValueError, match="used_dltensor"):
+        pb.Tensor.from_dlpack("U", used)
+    with pytest.raises(TypeError, match="list"):
+        pb.Tensor.from_dlpack("U", [1, 2])
+
+
+def test_device_tensors_are_copied_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    copied: list[object] = []
+
+    def fake_copy(tensor: object) -> np.ndarray:
+        copied.append(tensor)
+        return np.full(3, 7, dtype=np.int32)
+
+    monkeypatch.setattr(tensor_module, "device_to_host", fake_copy)
+    capsule, _keep = _fake_capsule(b"dltensor", 2)
+    from_capsule = pb.Tensor.from_dlpack("A", capsule)
+    assert copied == [capsule] and from_capsule.as_numpy().tolist() == [7, 7, 7]
+
+    class OnDevice:
+        def __dlpack__(self, stream: object = None) -> object:
+            raise AssertionError("numpy must not read device memory")
+
+        def __dlpack_device__(self) -> tuple[int, int]:
+            return (2, 0)
+
+    on_device = OnDevice()
+    assert pb.Tensor.from_dlpack("B", on_device).as_numpy().tolist() == [7, 7, 7]
+    assert copied[-1] is on_device
+    # Host memory, pinned or not, is read in place and never copied.
+    pb.Tensor.from_dlpack("C", np.arange(3).__dlpack__())
+    assert len(copied) == 2
+
+
+def test_device_to_host_reads_through_torch() -> None:
+    import torch
+
+    source = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    back = device_to_host(torch.utils.dlpack.to_dlpack(source))
+    assert back.tolist() == source.tolist()
+    assert device_to_host(source * 2).tolist() == (source * 2).tolist()
 
 
 def test_byte_tensor_serialization_round_trip() -> None:

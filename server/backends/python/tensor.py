@@ -6,6 +6,7 @@ way models written for Triton expect them.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 from typing import Any
 
@@ -184,16 +185,18 @@ class Tensor:
 
     @staticmethod
     def from_dlpack(name: str, capsule: Any) -> Tensor:
-        """From any object that speaks DLPack (torch, cupy, numpy), or a raw capsule."""
+        """From any object that speaks DLPack (torch, cupy, numpy), or a raw capsule such as
+        ``torch.utils.dlpack.to_dlpack`` makes. Device tensors are copied to the host: every
+        backend path here reads numpy."""
         if hasattr(capsule, "__dlpack__"):
+            device = getattr(capsule, "__dlpack_device__", lambda: (_DL_CPU, 0))()[0]
             holder: Any = capsule
-            device = getattr(capsule, "__dlpack_device__", lambda: (1, 0))()
-            if device[0] != 1:
-                # Device tensors are copied to the host: every backend path here reads numpy.
-                holder = capsule.cpu() if hasattr(capsule, "cpu") else capsule
         else:
+            device = capsule_device(capsule)
             holder = _CapsuleHolder(capsule)
-        return Tensor(name, np.from_dlpack(holder))
+        if device in _DL_HOST:
+            return Tensor(name, np.from_dlpack(holder))
+        return Tensor(name, device_to_host(capsule))
 
     def __repr__(self) -> str:
         return f"Tensor(name={self._name!r}, datatype={self._datatype}, shape={self.shape()})"
@@ -214,7 +217,60 @@ class _CapsuleHolder:
         return self._capsule
 
     def __dlpack_device__(self) -> tuple[int, int]:
-        return (1, 0)
+        return (_DL_CPU, 0)
+
+
+# DLPack's device types whose memory numpy reads in place: the CPU, CUDA's pinned host memory
+# and ROCm's.
+_DL_CPU = 1
+_DL_HOST = frozenset({_DL_CPU, 3, 11})
+# Where the DLDevice sits in the structure a capsule points to: after the data pointer of a
+# DLManagedTensor ("dltensor"), and after the version, context, deleter and flags of a
+# DLManagedTensorVersioned ("dltensor_versioned").
+_DEVICE_OFFSET = {b"dltensor": 8, b"dltensor_versioned": 40}
+
+
+_capsule_name = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(
+    ("PyCapsule_GetName", ctypes.pythonapi)
+)
+_capsule_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+    ("PyCapsule_GetPointer", ctypes.pythonapi)
+)
+
+
+def capsule_device(capsule: Any) -> int:
+    """The DLPack device type of the tensor a capsule holds, read without consuming it."""
+    if type(capsule).__name__ != "PyCapsule":
+        raise TypeError(
+            f"from_dlpack needs a DLPack capsule or tensor, not {type(capsule).__name__}"
+        )
+    kind = _capsule_name(capsule)
+    if kind not in _DEVICE_OFFSET:
+        raise ValueError(f"the capsule holds no DLPack tensor it can give (its name is {kind!r})")
+    address = _capsule_pointer(capsule, kind)
+    return ctypes.c_int32.from_address(address + _DEVICE_OFFSET[kind]).value
+
+
+def device_to_host(tensor: Any) -> np.ndarray:
+    """A copy in host memory of a device tensor (a capsule or an object with ``__dlpack__``),
+    through torch, or CuPy where torch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        return torch.utils.dlpack.from_dlpack(tensor).cpu().numpy()
+    try:
+        import cupy
+    except ImportError:
+        raise ValueError(
+            "a tensor in device memory is copied to the host through torch or cupy, and "
+            "neither is installed"
+        ) from None
+    on_device = (
+        cupy.from_dlpack(tensor) if hasattr(tensor, "__dlpack__") else cupy.fromDlpack(tensor)
+    )
+    return cupy.asnumpy(on_device)
 
 
 def tensors_by_name(tensors: Sequence[Tensor]) -> dict[str, Tensor]:
