@@ -12,8 +12,11 @@ round-trips a request through CUDA shared memory over HTTP and gRPC against a se
 serves TorchScript models placed with KIND_GPU, KIND_AUTO, KIND_CPU and an invalid gpu id,
 and ONNX models placed with KIND_GPU and KIND_AUTO, driven with tritonclient: where each ran,
 batched concurrent requests, statistics, NVML's process list, and the ``gpu_uuid`` labels and
-``nv_gpu_*`` families of its metrics endpoint. Last, the bundled repository is served as the
-README serves it. It prints one JSON report and exits non-zero when a check fails (or, with
+``nv_gpu_*`` families of its metrics endpoint, with Python-backend models on KIND_GPU and
+KIND_CPU that hand their outputs over through DLPack from device memory. A model then keeps
+the first GPU busy while the metrics are scraped: utilisation must rise and the energy counter
+must grow by what the reported power accounts for. Last, the bundled repository is served as
+the README serves it. It prints one JSON report and exits non-zero when a check fails (or, with
 --require-gpu, when no GPU is found).
 """
 
@@ -588,6 +591,116 @@ def check_server(gpus: list[GpuDevice], workdir: Path) -> dict[str, Any]:
     return report
 
 
+# Keeps its GPU busy: each request runs IN[0] products of 4096x4096 float matrices.
+PYTHON_BUSY_MODEL = """
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.device = torch.device("cuda", int(args["model_instance_device_id"]))
+        self.a = torch.rand(4096, 4096, device=self.device) / 4096
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            rounds = int(pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()[0])
+            b = self.a
+            for _ in range(rounds):
+                b = torch.tanh(b @ self.a + 1)
+            torch.cuda.synchronize(self.device)
+            value = np.array([float(b.mean())], dtype=np.float32)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", value)]))
+        return responses
+"""
+
+
+def check_telemetry(gpus: list[GpuDevice], workdir: Path) -> dict[str, Any]:
+    """The ``nv_gpu_*`` and energy figures of a server whose model keeps the first GPU busy
+    for a few seconds, scraped as Prometheus would: utilisation must rise, energy must grow
+    by about what the reported power says over the same time."""
+    import concurrent.futures
+    import urllib.request
+
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    from tests.harness import run_server
+    from tests.models import write_python_probe
+
+    gpu = gpus[0]
+    repo = workdir / "telemetry_repo"
+    write_python_probe(repo, "busy", PYTHON_BUSY_MODEL, output="FP32")
+    (repo / "busy" / "config.pbtxt").open("a").write(
+        f"instance_group [ {{ kind: KIND_GPU gpus: [ {gpu.index} ] }} ]\n"
+    )
+    args = ["--model-repository", str(repo), "--metrics-interval-ms", "100"]
+    scrapes: list[dict[str, float]] = []
+
+    def scrape() -> None:
+        with urllib.request.urlopen(srv.metrics_url, timeout=10) as response:
+            samples = _metric_samples(response.read().decode())
+        row = {"t": time.monotonic()}
+        for sample in samples:
+            if sample.labels.get("gpu_uuid") == gpu.uuid and sample.name.startswith(
+                ("nv_gpu_", "nv_energy")
+            ):
+                row[sample.name.removesuffix("_total")] = sample.value
+        scrapes.append(row)
+
+    rounds = np.array([400], dtype=np.int32)
+
+    def load(until: float) -> int:
+        # tritonclient's HTTP client belongs to the thread that made it.
+        client = httpclient.InferenceServerClient(srv.http_url)
+        tensor = httpclient.InferInput("IN", [1], "INT32")
+        tensor.set_data_from_numpy(rounds)
+        answered = 0
+        try:
+            while answered == 0 or time.monotonic() < until:
+                client.infer("busy", [tensor])
+                answered += 1
+        finally:
+            client.close()
+        return answered
+
+    with run_server(args) as srv:
+        load(0.0)  # one request: the kernels are ready before the first reading
+        time.sleep(0.3)
+        scrape()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(load, time.monotonic() + 4.0)
+            while not running.done():
+                time.sleep(0.5)
+                scrape()
+            answers = running.result()
+    first, last = scrapes[0], scrapes[-1]
+    seconds = last["t"] - first["t"]
+    energy = last.get("nv_energy_consumption", 0.0) - first.get("nv_energy_consumption", 0.0)
+    powers = [row.get("nv_gpu_power_usage", 0.0) for row in scrapes[1:]]
+    mean_power = sum(powers) / len(powers) if powers else 0.0
+    peak_util = max(row.get("nv_gpu_utilization", 0.0) for row in scrapes[1:])
+    report = {
+        "requests": answers,
+        "seconds": round(seconds, 2),
+        "energy_joules": round(energy, 1),
+        "mean_power_watts": round(mean_power, 1),
+        "energy_over_power_time": round(energy / (mean_power * seconds), 2) if mean_power else None,
+        "peak_utilization": peak_util,
+        "memory_used_bytes": [row.get("nv_gpu_memory_used_bytes") for row in scrapes],
+        "scrapes": scrapes,
+    }
+    report["ok"] = bool(
+        answers > 0
+        and peak_util > 0.5
+        and mean_power > 0
+        and 0.5 <= energy / (mean_power * seconds) <= 2.0
+    )
+    return report
+
+
 def check_bundled(gpus: list[GpuDevice]) -> dict[str, Any]:
     """The bundled repository, served as the README's first command serves it."""
     import numpy as np
@@ -675,9 +788,10 @@ def main() -> int:
             ok = ok and report["cuda_shm"]["ok"]
         for key, check in (
             ("server", lambda: check_server(gpus, Path(workdir))),
+            ("telemetry", lambda: check_telemetry(gpus, Path(workdir))),
             ("bundled", lambda: check_bundled(gpus)),
         ):
-            if key == "server" and not gpus:
+            if key in ("server", "telemetry") and not gpus:
                 continue
             try:
                 report[key] = check()
