@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from server.devices import DeviceLayer
 from tests.harness import ServerProcess, run_server
+from tests.models import model_config, write_python_model
 from tests.python_models import build_repository
 
 
@@ -233,3 +235,48 @@ def test_finalize_runs_at_unload(tmp_path: Path) -> None:
     with run_server(["--model-repository", str(repo)], services=("http",)) as srv:
         srv.stop()
         assert "py_add_sub finalized" in srv.log()
+
+
+DLPACK_BF16_MODEL = """
+import torch
+import triton_python_backend_utils as pb_utils
+from torch.utils.dlpack import from_dlpack, to_dlpack
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = from_dlpack(pb_utils.get_input_tensor_by_name(request, "IN").to_dlpack())
+            doubled = x * 2
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor.from_dlpack("DOUBLED", to_dlpack(doubled)),
+                pb_utils.Tensor.from_dlpack("WIDENED", doubled.float()),
+            ]))
+        return responses
+"""
+
+
+def test_bf16_tensors_through_dlpack(tmp_path: Path) -> None:
+    # Triton's way to BF16 in a Python model: numpy has no such type, DLPack and torch do.
+    config = model_config(
+        "py_bf16",
+        backend="python",
+        max_batch_size=0,
+        inputs=[("IN", "BF16", [4])],
+        outputs=[("DOUBLED", "BF16", [4]), ("WIDENED", "FP32", [4])],
+    )
+    write_python_model(tmp_path, "py_bf16", DLPACK_BF16_MODEL, config)
+    given = np.array([1.5, -3.0, 0.0078125, 1000.0], dtype=np.float32)  # exact in BF16
+    with run_server(["--model-repository", str(tmp_path)]) as srv:
+        for module, url in ((httpclient, srv.http_url), (grpcclient, srv.grpc_url)):
+            client = module.InferenceServerClient(url)
+            tensor = module.InferInput("IN", [4], "BF16")
+            tensor.set_data_from_numpy(given)
+            result = client.infer("py_bf16", [tensor])
+            output = result.get_output("DOUBLED")
+            assert (output["datatype"] if module is httpclient else output.datatype) == "BF16"
+            assert result.as_numpy("DOUBLED").tolist() == (given * 2).tolist()
+            assert result.as_numpy("WIDENED").dtype == np.float32
+            assert result.as_numpy("WIDENED").tolist() == (given * 2).tolist()
+            client.close()

@@ -12,7 +12,7 @@ from server.backends.python import create_backend
 from server.backends.python import pb_utils as pb
 from server.backends.python import tensor as tensor_module
 from server.backends.python.request import response_outputs
-from server.backends.python.tensor import capsule_device, device_to_host
+from server.backends.python.tensor import capsule_info, to_host
 from server.errors import Code, ServerError
 from server.repository.view import ModelView, TensorSpec
 from server.tensors import CONFIG_TO_WIRE, NUMPY_DTYPES
@@ -91,11 +91,13 @@ def test_tensor_dlpack_round_trip() -> None:
 
 def _fake_capsule(name: bytes, device_type: int) -> tuple[object, object]:
     """A capsule named ``name`` over a zeroed DLPack structure whose device type is
-    ``device_type``, as torch or CuPy would hand over a tensor in device memory; the
-    structure is returned too, to outlive the capsule."""
+    ``device_type`` and data type float32, as torch or CuPy would hand over a tensor in device
+    memory; the structure is returned too, to outlive the capsule."""
     memory = ctypes.create_string_buffer(96)
     offset = 8 if name == b"dltensor" else 40
     ctypes.c_int32.from_buffer(memory, offset).value = device_type
+    memory[offset + 12] = 2  # kDLFloat
+    memory[offset + 13] = 32
     new = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)(
         ("PyCapsule_New", ctypes.pythonapi)
     )
@@ -103,16 +105,24 @@ def _fake_capsule(name: bytes, device_type: int) -> tuple[object, object]:
     return new(ctypes.addressof(memory), label, None), (memory, label)
 
 
-def test_dlpack_capsule_device_is_read_without_consuming_it() -> None:
+def test_dlpack_capsule_is_read_without_consuming_it() -> None:
+    import torch
+
     host = np.arange(4, dtype=np.float32)
-    assert capsule_device(host.__dlpack__()) == 1
-    assert capsule_device(host.__dlpack__(max_version=(1, 0))) == 1
+    assert capsule_info(host.__dlpack__()) == (1, 2, 32)
+    assert capsule_info(host.__dlpack__(max_version=(1, 0))) == (1, 2, 32)
+    assert capsule_info(np.zeros(2, np.int64).__dlpack__(max_version=(1, 0))) == (1, 0, 64)
+    assert capsule_info(torch.utils.dlpack.to_dlpack(torch.zeros(2, dtype=torch.bfloat16))) == (
+        1,
+        4,
+        16,
+    )
     versioned = pb.Tensor.from_dlpack("V", host.__dlpack__(max_version=(1, 0)))
     assert versioned.as_numpy().tolist() == [0, 1, 2, 3]
     for name in (b"dltensor", b"dltensor_versioned"):
         capsule, _keep = _fake_capsule(name, 2)  # kDLCUDA
-        assert capsule_device(capsule) == 2
-        assert capsule_device(capsule) == 2
+        assert capsule_info(capsule) == (2, 2, 32)
+        assert capsule_info(capsule) == (2, 2, 32)
     used, _keep = _fake_capsule(b"used_dltensor", 1)
     with pytest.raises(ValueError, match="used_dltensor"):
         pb.Tensor.from_dlpack("U", used)
@@ -123,37 +133,55 @@ def test_dlpack_capsule_device_is_read_without_consuming_it() -> None:
 def test_device_tensors_are_copied_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
     copied: list[object] = []
 
-    def fake_copy(tensor: object) -> np.ndarray:
-        copied.append(tensor)
+    def fake_copy(capsule: object) -> np.ndarray:
+        copied.append(capsule)
         return np.full(3, 7, dtype=np.int32)
 
-    monkeypatch.setattr(tensor_module, "device_to_host", fake_copy)
+    monkeypatch.setattr(tensor_module, "to_host", fake_copy)
     capsule, _keep = _fake_capsule(b"dltensor", 2)
     from_capsule = pb.Tensor.from_dlpack("A", capsule)
     assert copied == [capsule] and from_capsule.as_numpy().tolist() == [7, 7, 7]
 
+    other, _other_keep = _fake_capsule(b"dltensor_versioned", 2)
+
     class OnDevice:
         def __dlpack__(self, stream: object = None) -> object:
-            raise AssertionError("numpy must not read device memory")
+            return other
 
         def __dlpack_device__(self) -> tuple[int, int]:
             return (2, 0)
 
-    on_device = OnDevice()
-    assert pb.Tensor.from_dlpack("B", on_device).as_numpy().tolist() == [7, 7, 7]
-    assert copied[-1] is on_device
+    assert pb.Tensor.from_dlpack("B", OnDevice()).as_numpy().tolist() == [7, 7, 7]
+    assert copied[-1] is other
     # Host memory, pinned or not, is read in place and never copied.
     pb.Tensor.from_dlpack("C", np.arange(3).__dlpack__())
     assert len(copied) == 2
 
 
-def test_device_to_host_reads_through_torch() -> None:
+def test_bf16_tensors_go_through_dlpack_as_triton_allows() -> None:
+    import torch
+
+    values = torch.tensor([[1.5, -2.25, 3.0e38, 0.0078125]], dtype=torch.bfloat16)
+    bits = values.view(torch.int16).numpy()
+    for source in (values, torch.utils.dlpack.to_dlpack(values)):
+        tensor = pb.Tensor.from_dlpack("H", source)
+        assert tensor.datatype() == "BF16" and tensor.triton_dtype() == 14
+        assert tensor.shape() == [1, 4]
+        assert tensor.as_numpy().view(np.int16).tolist() == bits.tolist()
+        back = torch.utils.dlpack.from_dlpack(tensor.to_dlpack())
+        assert back.dtype == torch.bfloat16 and torch.equal(back, values)
+    # A BF16 input as the server decodes it (its raw little-endian bits) reaches torch too.
+    given = pb.Tensor._wrap("IN", bits.view(NUMPY_DTYPES["BF16"]), "BF16")
+    assert torch.equal(torch.utils.dlpack.from_dlpack(given.to_dlpack()), values)
+
+
+def test_to_host_reads_through_torch() -> None:
     import torch
 
     source = torch.arange(6, dtype=torch.float32).reshape(2, 3)
-    back = device_to_host(torch.utils.dlpack.to_dlpack(source))
+    back = to_host(torch.utils.dlpack.to_dlpack(source))
     assert back.tolist() == source.tolist()
-    assert device_to_host(source * 2).tolist() == (source * 2).tolist()
+    assert to_host((source * 2).__dlpack__()).tolist() == (source * 2).tolist()
 
 
 def test_byte_tensor_serialization_round_trip() -> None:

@@ -175,6 +175,11 @@ class Tensor:
     def to_dlpack(self) -> Any:
         if self._datatype == "BYTES":
             raise ValueError("DLPack does not carry BYTES tensors")
+        if self._datatype == "BF16":
+            # numpy has no bfloat16 for DLPack to describe; torch does.
+            torch = _torch("a BF16 tensor goes through DLPack")
+            bits = torch.from_numpy(_writable(self._array).view(np.int16))
+            return torch.utils.dlpack.to_dlpack(bits.view(torch.bfloat16))
         return _writable(self._array).__dlpack__()
 
     def __dlpack__(self, stream: Any = None) -> Any:
@@ -184,19 +189,18 @@ class Tensor:
         return (1, 0)  # kDLCPU, device 0
 
     @staticmethod
-    def from_dlpack(name: str, capsule: Any) -> Tensor:
+    def from_dlpack(name: str, source: Any) -> Tensor:
         """From any object that speaks DLPack (torch, cupy, numpy), or a raw capsule such as
-        ``torch.utils.dlpack.to_dlpack`` makes. Device tensors are copied to the host: every
-        backend path here reads numpy."""
-        if hasattr(capsule, "__dlpack__"):
-            device = getattr(capsule, "__dlpack_device__", lambda: (_DL_CPU, 0))()[0]
-            holder: Any = capsule
-        else:
-            device = capsule_device(capsule)
-            holder = _CapsuleHolder(capsule)
+        ``torch.utils.dlpack.to_dlpack`` makes. Tensors in device memory are copied to the
+        host, as are BF16 ones, which numpy cannot read: every backend path here reads
+        numpy."""
+        capsule = source.__dlpack__() if hasattr(source, "__dlpack__") else source
+        device, code, bits = capsule_info(capsule)
+        if (code, bits) == (_DL_BFLOAT, 16):
+            return Tensor._wrap(name, to_host(capsule), "BF16")
         if device in _DL_HOST:
-            return Tensor(name, np.from_dlpack(holder))
-        return Tensor(name, device_to_host(capsule))
+            return Tensor(name, np.from_dlpack(_CapsuleHolder(capsule)))
+        return Tensor(name, to_host(capsule))
 
     def __repr__(self) -> str:
         return f"Tensor(name={self._name!r}, datatype={self._datatype}, shape={self.shape()})"
@@ -224,11 +228,13 @@ class _CapsuleHolder:
 # and ROCm's.
 _DL_CPU = 1
 _DL_HOST = frozenset({_DL_CPU, 3, 11})
+_DL_BFLOAT = 4  # DLDataTypeCode kDLBfloat
 # Where the DLDevice sits in the structure a capsule points to: after the data pointer of a
 # DLManagedTensor ("dltensor"), and after the version, context, deleter and flags of a
-# DLManagedTensorVersioned ("dltensor_versioned").
+# DLManagedTensorVersioned ("dltensor_versioned"). The data type's code and bits follow the
+# device (8 bytes) and the dimension count (4).
 _DEVICE_OFFSET = {b"dltensor": 8, b"dltensor_versioned": 40}
-
+_DTYPE_AFTER_DEVICE = 12
 
 _capsule_name = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(
     ("PyCapsule_GetName", ctypes.pythonapi)
@@ -238,8 +244,9 @@ _capsule_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c
 )
 
 
-def capsule_device(capsule: Any) -> int:
-    """The DLPack device type of the tensor a capsule holds, read without consuming it."""
+def capsule_info(capsule: Any) -> tuple[int, int, int]:
+    """The DLPack device type, data type code and bits of the tensor a capsule holds, read
+    without consuming it."""
     if type(capsule).__name__ != "PyCapsule":
         raise TypeError(
             f"from_dlpack needs a DLPack capsule or tensor, not {type(capsule).__name__}"
@@ -247,30 +254,31 @@ def capsule_device(capsule: Any) -> int:
     kind = _capsule_name(capsule)
     if kind not in _DEVICE_OFFSET:
         raise ValueError(f"the capsule holds no DLPack tensor it can give (its name is {kind!r})")
-    address = _capsule_pointer(capsule, kind)
-    return ctypes.c_int32.from_address(address + _DEVICE_OFFSET[kind]).value
+    device = _capsule_pointer(capsule, kind) + _DEVICE_OFFSET[kind]
+    dtype = device + _DTYPE_AFTER_DEVICE
+    return (
+        ctypes.c_int32.from_address(device).value,
+        ctypes.c_uint8.from_address(dtype).value,
+        ctypes.c_uint8.from_address(dtype + 1).value,
+    )
 
 
-def device_to_host(tensor: Any) -> np.ndarray:
-    """A copy in host memory of a device tensor (a capsule or an object with ``__dlpack__``),
-    through torch, or CuPy where torch is not installed."""
+def to_host(capsule: Any) -> np.ndarray:
+    """A host copy of a DLPack tensor numpy cannot read itself (in device memory, or BF16),
+    through torch."""
+    torch = _torch("a tensor in device memory or of type BF16 is read")
+    tensor = torch.utils.dlpack.from_dlpack(capsule).cpu()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(NUMPY_DTYPES["BF16"])
+    return tensor.numpy()
+
+
+def _torch(what: str) -> Any:
     try:
         import torch
     except ImportError:
-        torch = None
-    if torch is not None:
-        return torch.utils.dlpack.from_dlpack(tensor).cpu().numpy()
-    try:
-        import cupy
-    except ImportError:
-        raise ValueError(
-            "a tensor in device memory is copied to the host through torch or cupy, and "
-            "neither is installed"
-        ) from None
-    on_device = (
-        cupy.from_dlpack(tensor) if hasattr(tensor, "__dlpack__") else cupy.fromDlpack(tensor)
-    )
-    return cupy.asnumpy(on_device)
+        raise ValueError(f"{what} through torch, which is not installed") from None
+    return torch
 
 
 def tensors_by_name(tensors: Sequence[Tensor]) -> dict[str, Tensor]:
