@@ -319,7 +319,8 @@ def _placed_module(path: Path) -> None:
 
 # A Python-backend model as Triton's GPU examples write them: torch on the instance's device,
 # inputs taken through DLPack, outputs handed back as a raw DLPack capsule, as a torch tensor
-# and (where CuPy is installed) as a CuPy array, all three in device memory on a GPU instance.
+# and (where CuPy is installed) as a CuPy array, all three in device memory on a GPU instance,
+# and a BF16 one.
 PYTHON_GPU_MODEL = """
 import numpy as np
 import torch
@@ -352,6 +353,7 @@ class TritonPythonModel:
                 pb_utils.Tensor.from_dlpack("OUTPUT0", to_dlpack(y)),
                 pb_utils.Tensor.from_dlpack("OUTPUT1", y + 1),
                 pb_utils.Tensor.from_dlpack("OUTPUT2", third),
+                pb_utils.Tensor.from_dlpack("HALVED", to_dlpack((y / 2).to(torch.bfloat16))),
                 pb_utils.Tensor("WHERE", where),
                 pb_utils.Tensor("KIND", np.array([self.kind.encode()], dtype=np.object_)),
             ]))
@@ -392,6 +394,7 @@ def _server_repo(root: Path, gpus: list[GpuDevice]) -> Path:
             inputs=[("INPUT0", "FP32", [8])],
             outputs=[
                 *((f"OUTPUT{i}", "FP32", [8]) for i in range(3)),
+                ("HALVED", "BF16", [8]),
                 ("WHERE", "INT32", [1]),
                 ("KIND", "BYTES", [1]),
             ],
@@ -505,6 +508,10 @@ def check_server(gpus: list[GpuDevice], workdir: Path) -> dict[str, Any]:
                             np.allclose(result.as_numpy(f"OUTPUT{i}"), x * 2 + 1 + i),
                             f"{name} OUTPUT{i}",
                         )
+                    expect(
+                        np.allclose(result.as_numpy("HALVED"), (x * 2 + 1) / 2, rtol=1e-2),
+                        f"{name} HALVED (BF16)",
+                    )
                     where = int(result.as_numpy("WHERE")[0])
                     kind = result.as_numpy("KIND")[0].decode()
                     seen.setdefault(name, []).append([kind, where])
