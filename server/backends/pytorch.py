@@ -101,7 +101,7 @@ class PyTorchBackend(Backend):
         if not path.is_file():
             raise unavailable(f"unable to find '{path}' for model '{config.name}'")
         for spec in list(view.inputs.values()) + list(view.outputs.values()):
-            if spec.datatype in ("BYTES", "BF16"):
+            if spec.datatype == "BYTES":
                 raise unsupported(
                     f"tensor '{spec.name}' of model '{config.name}' has datatype {spec.datatype}, "
                     "which this server's PyTorch backend does not carry"
@@ -152,12 +152,7 @@ class PyTorchInstance(ModelInstance):
         missing = [n for n in self._input_names if n not in feeds]
         if missing:
             raise internal(f"model '{self._view.name}' needs input(s) {', '.join(missing)}")
-        # A request's own tensors may be read-only views of the bytes it arrived in, which a
-        # module changing its inputs in place must not write to: such a module gets a copy.
-        tensors = {
-            n: torch.from_numpy(writable(np.asarray(feeds[n]))).to(self._device)
-            for n in self._input_names
-        }
+        tensors = {n: self._tensor(feeds[n], n).to(self._device) for n in self._input_names}
         timing.input_end_ns = time.monotonic_ns()
         guard = torch.inference_mode() if self._inference_mode else torch.no_grad()
         try:
@@ -173,6 +168,14 @@ class PyTorchInstance(ModelInstance):
         timing.infer_end_ns = time.monotonic_ns()
         outputs = self._collect(result)
         return split_outputs(requests, outputs, self._view.max_batch_size > 0)
+
+    def _tensor(self, array: Any, name: str) -> Any:
+        # A request's own tensors may be read-only views of the bytes it arrived in, which a
+        # module changing its inputs in place must not write to: such a module gets a copy.
+        data = writable(np.asarray(array))
+        if self._view.inputs[name].datatype == "BF16":
+            return self._torch.from_numpy(data.view(np.int16)).view(self._torch.bfloat16)
+        return self._torch.from_numpy(data)
 
     def _collect(self, result: Any) -> dict[str, np.ndarray]:
         torch = self._torch
@@ -195,17 +198,25 @@ class PyTorchInstance(ModelInstance):
                     f"output '{name}' of model '{self._view.name}' is {type(value).__name__}, "
                     "not a tensor"
                 )
+            bf16 = self._view.outputs[name].datatype == "BF16"
+            fresh = False
+            if bf16:
+                # numpy has no bfloat16 of its own: the answer carries the raw 16-bit values.
+                fresh = value.dtype != torch.bfloat16
+                value = value.to(torch.bfloat16).view(torch.int16)
+                wanted = np.dtype(np.int16)
+            else:
+                wanted = NUMPY_DTYPES[self._view.outputs[name].datatype]
             on_host = value.device.type == "cpu"
             array = value.detach().cpu().numpy()
-            wanted = NUMPY_DTYPES[self._view.outputs[name].datatype]
             if array.dtype != wanted:
                 array = array.astype(wanted)
-            elif on_host:
+            elif on_host and not fresh:
                 # A host tensor may be the module's own state, changed in place by the next
-                # call while this answer is being encoded (``settled``); .cpu() and astype
-                # have already copied the others.
+                # call while this answer is being encoded (``settled``); .cpu(), .to() and
+                # astype have already copied the others.
                 array = settled(array)
-            outputs[name] = array
+            outputs[name] = array.view(NUMPY_DTYPES["BF16"]) if bf16 else array
         return outputs
 
     def unload(self) -> None:

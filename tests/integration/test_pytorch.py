@@ -31,7 +31,7 @@ def _torch_importable() -> bool:
 
 
 HAVE_TORCH = _torch_importable()
-PT_MODELS = ("pt_add_sub", "pt_indexed", "pt_dict", "pt_kept_output", "pt_in_place")
+PT_MODELS = ("pt_add_sub", "pt_indexed", "pt_dict", "pt_kept_output", "pt_in_place", "pt_bf16")
 
 
 def _save_models(repo: Path) -> None:
@@ -70,7 +70,13 @@ def _save_models(repo: Path) -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x.add_(1)
 
+    class HalfPrecision(torch.nn.Module):
+        # BF16 in; BF16 out, FP32 out, and an FP32 result the config declares BF16.
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return x * 2, x.float() * 2, x.float() / 2
+
     for name, module in (
+        ("pt_bf16", HalfPrecision()),
         ("pt_in_place", InPlace()),
         ("pt_add_sub", AddSub()),
         ("pt_indexed", Difference()),
@@ -117,6 +123,20 @@ def _write_configs(repo: Path) -> None:
             inputs=[("logits", "FP32", [3])],
             outputs=[("probs", "FP32", [3]), ("argmax", "INT32", [1])],
             dynamic_batching=False,
+        ),
+    )
+    write_config(
+        repo,
+        "pt_bf16",
+        model_config(
+            "pt_bf16",
+            platform="pytorch_libtorch",
+            inputs=[("INPUT__0", "BF16", [4])],
+            outputs=[
+                ("OUTPUT__0", "BF16", [4]),
+                ("OUTPUT__1", "FP32", [4]),
+                ("OUTPUT__2", "BF16", [4]),
+            ],
         ),
     )
     # One tensor in and one out, no batching.
@@ -295,6 +315,20 @@ if HAVE_TORCH:
                 tensor.set_data_from_numpy(np.array([5], dtype=np.uint8))
                 result = client.infer("pt_in_place", [tensor])
                 assert result.as_numpy("OUTPUT__0").tolist() == [6]
+
+    def test_bf16_in_and_out(server: ServerProcess) -> None:
+        given = np.array([[1.5, -3.0, 0.0078125, 1000.0], [2.0, 0.5, -0.25, 96.0]], np.float32)
+        for module, url in ((httpclient, server.http_url), (grpcclient, server.grpc_url)):
+            client = module.InferenceServerClient(url)
+            tensor = module.InferInput("INPUT__0", [2, 4], "BF16")
+            tensor.set_data_from_numpy(given)  # tritonclient sends FP32 values as BF16
+            result = client.infer("pt_bf16", [tensor])
+            # Every value here is exact in BF16, so the answers are too.
+            assert result.as_numpy("OUTPUT__0").tolist() == (given * 2).tolist()
+            assert result.as_numpy("OUTPUT__1").dtype == np.float32
+            assert result.as_numpy("OUTPUT__1").tolist() == (given * 2).tolist()
+            assert result.as_numpy("OUTPUT__2").tolist() == (given / 2).tolist()
+            client.close()
 
 else:
 
