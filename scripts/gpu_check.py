@@ -305,13 +305,15 @@ def check_cuda_shm(gpus: list[GpuDevice], workdir: Path) -> dict[str, Any]:
 
 
 def _placed_module(path: Path) -> None:
-    """TorchScript: (x * 2 + 1, the CUDA ordinal the input arrived on, -1 on the CPU)."""
+    """TorchScript: (x * 2 + 1, the CUDA ordinal the input arrived on, -1 on the CPU, and
+    x * 2 + 1 again in BF16)."""
     import torch
 
     class Placed(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             where = torch.zeros(x.shape[0], 1, dtype=torch.int32, device=x.device)
-            return x * 2.0 + 1.0, where + x.get_device()
+            y = x * 2.0 + 1.0
+            return y, where + x.get_device(), y.to(torch.bfloat16)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.script(Placed()).save(str(path))
@@ -380,7 +382,11 @@ def _server_repo(root: Path, gpus: list[GpuDevice]) -> Path:
                 name,
                 platform="pytorch_libtorch",
                 inputs=[("INPUT__0", "FP32", [8])],
-                outputs=[("OUTPUT__0", "FP32", [8]), ("OUTPUT__1", "INT32", [1])],
+                outputs=[
+                    ("OUTPUT__0", "FP32", [8]),
+                    ("OUTPUT__1", "INT32", [1]),
+                    ("OUTPUT__2", "BF16", [8]),
+                ],
                 max_batch_size=16,
                 extra=extra,
             ),
@@ -480,9 +486,11 @@ def check_server(gpus: list[GpuDevice], workdir: Path) -> dict[str, Any]:
                     tensor = mod.InferInput("INPUT__0", [4, 8], "FP32")
                     tensor.set_data_from_numpy(x)
                     result = client.infer(name, [tensor])
-                    expect(
-                        np.array_equal(result.as_numpy("OUTPUT__0"), x * 2 + 1), f"{name} output"
-                    )
+                    for output in ("OUTPUT__0", "OUTPUT__2"):  # FP32, and BF16 (exact here)
+                        expect(
+                            np.array_equal(result.as_numpy(output), x * 2 + 1),
+                            f"{name} {output}",
+                        )
                     placed.setdefault(name, []).extend(
                         result.as_numpy("OUTPUT__1").ravel().tolist()
                     )
