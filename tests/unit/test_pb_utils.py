@@ -133,9 +133,9 @@ def test_dlpack_capsule_is_read_without_consuming_it() -> None:
 def test_device_tensors_are_copied_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
     copied: list[object] = []
 
-    def fake_copy(capsule: object) -> np.ndarray:
-        copied.append(capsule)
-        return np.full(3, 7, dtype=np.int32)
+    def fake_copy(source: object) -> tuple[np.ndarray, str]:
+        copied.append(source)
+        return np.full(3, 7, dtype=np.int32), "INT32"
 
     monkeypatch.setattr(tensor_module, "to_host", fake_copy)
     capsule, _keep = _fake_capsule(b"dltensor", 2)
@@ -151,11 +151,20 @@ def test_device_tensors_are_copied_to_the_host(monkeypatch: pytest.MonkeyPatch) 
         def __dlpack_device__(self) -> tuple[int, int]:
             return (2, 0)
 
-    assert pb.Tensor.from_dlpack("B", OnDevice()).as_numpy().tolist() == [7, 7, 7]
-    assert copied[-1] is other
+    on_device = OnDevice()
+    assert pb.Tensor.from_dlpack("B", on_device).as_numpy().tolist() == [7, 7, 7]
+    assert copied[-1] is on_device
     # Host memory, pinned or not, is read in place and never copied.
     pb.Tensor.from_dlpack("C", np.arange(3).__dlpack__())
     assert len(copied) == 2
+
+
+def test_read_only_arrays_come_through_dlpack_read_only() -> None:
+    # Only a DLPack 1.0 capsule can carry a read-only array; numpy refuses the older kind.
+    shared = np.broadcast_to(np.arange(3, dtype=np.float32), (2, 3))
+    tensor = pb.Tensor.from_dlpack("R", shared)
+    assert tensor.as_numpy().tolist() == shared.tolist()
+    assert not tensor.as_numpy().flags.writeable
 
 
 def test_bf16_tensors_go_through_dlpack_as_triton_allows() -> None:
@@ -179,9 +188,10 @@ def test_to_host_reads_through_torch() -> None:
     import torch
 
     source = torch.arange(6, dtype=torch.float32).reshape(2, 3)
-    back = to_host(torch.utils.dlpack.to_dlpack(source))
-    assert back.tolist() == source.tolist()
-    assert to_host((source * 2).__dlpack__()).tolist() == (source * 2).tolist()
+    back, datatype = to_host(torch.utils.dlpack.to_dlpack(source))
+    assert back.tolist() == source.tolist() and datatype == "FP32"
+    back, datatype = to_host(source.t() == 1)
+    assert back.tolist() == (source.t() == 1).tolist() and datatype == "BOOL"
 
 
 def test_byte_tensor_serialization_round_trip() -> None:

@@ -194,13 +194,13 @@ class Tensor:
         ``torch.utils.dlpack.to_dlpack`` makes. Tensors in device memory are copied to the
         host, as are BF16 ones, which numpy cannot read: every backend path here reads
         numpy."""
-        capsule = source.__dlpack__() if hasattr(source, "__dlpack__") else source
+        capsule = _export(source) if hasattr(source, "__dlpack__") else source
         device, code, bits = capsule_info(capsule)
-        if (code, bits) == (_DL_BFLOAT, 16):
-            return Tensor._wrap(name, to_host(capsule), "BF16")
-        if device in _DL_HOST:
+        if device in _DL_HOST and (code, bits) != (_DL_BFLOAT, 16):
             return Tensor(name, np.from_dlpack(_CapsuleHolder(capsule)))
-        return Tensor(name, to_host(capsule))
+        # Torch is handed the object itself where there is one, to agree on the export.
+        array, datatype = to_host(source)
+        return Tensor._wrap(name, array, datatype)
 
     def __repr__(self) -> str:
         return f"Tensor(name={self._name!r}, datatype={self._datatype}, shape={self.shape()})"
@@ -263,14 +263,23 @@ def capsule_info(capsule: Any) -> tuple[int, int, int]:
     )
 
 
-def to_host(capsule: Any) -> np.ndarray:
-    """A host copy of a DLPack tensor numpy cannot read itself (in device memory, or BF16),
-    through torch."""
+def _export(source: Any) -> Any:
+    try:
+        # DLPack 1.0 capsules can say an array is read-only, which the older ones cannot.
+        return source.__dlpack__(max_version=(1, 0))
+    except TypeError:  # a producer from before DLPack 1.0
+        return source.__dlpack__()
+
+
+def to_host(source: Any) -> tuple[np.ndarray, str]:
+    """A host copy, and its datatype, of a DLPack tensor numpy cannot read itself (in device
+    memory, or BF16), through torch."""
     torch = _torch("a tensor in device memory or of type BF16 is read")
-    tensor = torch.utils.dlpack.from_dlpack(capsule).cpu()
+    tensor = torch.utils.dlpack.from_dlpack(source).cpu()
     if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(NUMPY_DTYPES["BF16"])
-    return tensor.numpy()
+        return tensor.view(torch.int16).numpy().view(NUMPY_DTYPES["BF16"]), "BF16"
+    array = tensor.numpy()
+    return array, wire_datatype_of(array)
 
 
 def _torch(what: str) -> Any:
