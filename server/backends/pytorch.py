@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,11 @@ from server.tensors import NUMPY_DTYPES, settled, writable
 from server.types import InferRequest
 
 _INDEXED = re.compile(r"^.+__(\d+)$")
+# torch warns, once, that a read-only array makes a tensor it must not write; the inputs this
+# module hands torch that way are only read, by the upload to the device.
+warnings.filterwarnings(
+    "ignore", message="The given NumPy array is not writable", category=UserWarning, module=__name__
+)
 _import_lock = threading.Lock()
 
 
@@ -170,9 +176,13 @@ class PyTorchInstance(ModelInstance):
         return split_outputs(requests, outputs, self._view.max_batch_size > 0)
 
     def _tensor(self, array: Any, name: str) -> Any:
-        # A request's own tensors may be read-only views of the bytes it arrived in, which a
-        # module changing its inputs in place must not write to: such a module gets a copy.
-        data = writable(np.asarray(array))
+        data = np.asarray(array)
+        if self._device.type == "cpu":
+            # A request's own tensors may be read-only views of the bytes it arrived in, which
+            # a module changing its inputs in place must not write to: such a module gets a
+            # copy. On a device the upload is the module's own copy, and the host array is
+            # only read.
+            data = writable(data)
         if self._view.inputs[name].datatype == "BF16":
             return self._torch.from_numpy(data.view(np.int16)).view(self._torch.bfloat16)
         return self._torch.from_numpy(data)
