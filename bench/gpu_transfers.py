@@ -1,14 +1,16 @@
-"""What a request's input costs on its way to a TorchScript model on a GPU, in process.
+"""What a tensor costs on its way to and from a TorchScript model on a GPU, in process.
 
-    python bench/gpu_inputs.py [--rounds 7] [--calls 100] [--json OUT]
+    python bench/gpu_transfers.py [--rounds 9] [--calls 100] [--json OUT]
 
 A request's tensors are read-only views of the bytes they arrived in. The PyTorch backend
-uploads them to the instance's device, and that upload is the module's own copy; before, it
-first copied each one on the host (as it must for a CPU instance, whose module may change its
-inputs in place). This runs one identity-like module (``x * 2``) on CUDA device 0 through
-``PyTorchInstance.execute`` both ways, alternating, for a 3x224x224 FP32 image (588 KiB) and a
-4 MiB tensor, and prints the median microseconds per execution of each and their ratio.
-Needs torch with CUDA.
+uploads them to the instance's device, and that upload is the module's own copy; it used to
+copy each one on the host first (as it must for a CPU instance, whose module may change its
+inputs in place). Outputs come back into page-locked memory from torch's pool; they used to
+come back with ``.cpu()``, into pageable memory. This runs one module (``x * 2``) on CUDA
+device 0 through ``PyTorchInstance.execute`` three ways, alternating: both old paths
+(``before``), the upload without the host copy (``upload``), and that with the download into
+page-locked memory (``now``), for a 3x224x224 FP32 image (588 KiB) and a 4 MiB tensor. It
+prints the median microseconds per execution of each. Needs torch with CUDA.
 """
 
 from __future__ import annotations
@@ -34,11 +36,21 @@ from server.types import InferInput, InferRequest  # noqa: E402
 SIZES = {"588KiB": 3 * 224 * 224, "4MiB": 1 << 20}
 
 
-class HostCopyFirst(PyTorchInstance):
-    """The path before: a host copy of every read-only input, then the upload."""
+class UploadOnly(PyTorchInstance):
+    """Outputs downloaded with ``.cpu()``, into pageable memory."""
+
+    def _download(self, value: Any) -> np.ndarray:
+        return value.cpu().numpy()
+
+
+class Before(UploadOnly):
+    """Also a host copy of every read-only input before the upload."""
 
     def _tensor(self, array: Any, name: str) -> Any:
         return self._torch.from_numpy(writable(np.asarray(array)))
+
+
+PATHS = {"before": Before, "upload": UploadOnly, "now": PyTorchInstance}
 
 
 def instance(cls: type[PyTorchInstance], torch: Any, device: Any) -> PyTorchInstance:
@@ -75,7 +87,7 @@ def per_call_us(target: PyTorchInstance, raw: bytes, count: int, calls: int) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--device", default="cuda:0", help="cpu only to try the script")
@@ -86,24 +98,23 @@ def main() -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         return 1
-    now = instance(PyTorchInstance, torch, device)
-    before = instance(HostCopyFirst, torch, device)
+    paths = {label: instance(cls, torch, device) for label, cls in PATHS.items()}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     report: dict[str, Any] = {"device": name, "sizes": {}}
     for label, count in SIZES.items():
         raw = np.arange(count, dtype=np.float32).tobytes()
-        for target in (now, before):  # warm-up, and a check of the answer
+        expected = np.arange(count, dtype=np.float32) * 2
+        for target in paths.values():  # warm-up, and a check of the answer
             per_call_us(target, raw, count, 5)
-            expected = np.arange(count, dtype=np.float32) * 2
             assert np.array_equal(np.asarray(run(target, raw, count)), expected)
-        times: dict[str, list[float]] = {"upload_only": [], "host_copy_first": []}
+        times: dict[str, list[float]] = {path: [] for path in paths}
         for _ in range(args.rounds):
-            times["upload_only"].append(per_call_us(now, raw, count, args.calls))
-            times["host_copy_first"].append(per_call_us(before, raw, count, args.calls))
+            for path, target in paths.items():
+                times[path].append(per_call_us(target, raw, count, args.calls))
         medians = {k: statistics.median(v) for k, v in times.items()}
         report["sizes"][label] = {
             "median_us": {k: round(v, 1) for k, v in medians.items()},
-            "ratio": round(medians["upload_only"] / medians["host_copy_first"], 3),
+            "now_over_before": round(medians["now"] / medians["before"], 3),
             "rounds_us": {k: [round(x, 1) for x in v] for k, v in times.items()},
         }
     print(json.dumps(report, indent=2))
