@@ -194,10 +194,15 @@ class Tensor:
         ``torch.utils.dlpack.to_dlpack`` makes. Tensors in device memory are copied to the
         host, as are BF16 ones, which numpy cannot read: every backend path here reads
         numpy."""
-        capsule = _export(source) if hasattr(source, "__dlpack__") else source
-        device, code, bits = capsule_info(capsule)
-        if device in _DL_HOST and (code, bits) != (_DL_BFLOAT, 16):
-            return Tensor(name, np.from_dlpack(_CapsuleHolder(capsule)))
+        if hasattr(source, "__dlpack__"):
+            device = getattr(source, "__dlpack_device__", lambda: (_DL_CPU, 0))()[0]
+            capsule = _export(source) if device in _DL_HOST else None
+        else:
+            capsule = source
+        if capsule is not None:
+            device, code, bits = capsule_info(capsule)
+            if device in _DL_HOST and (code, bits) != (_DL_BFLOAT, 16):
+                return Tensor(name, np.from_dlpack(_CapsuleHolder(capsule)))
         # Torch is handed the object itself where there is one, to agree on the export.
         array, datatype = to_host(source)
         return Tensor._wrap(name, array, datatype)
