@@ -216,7 +216,8 @@ class PyTorchInstance(ModelInstance):
                     f"output '{name}' of model '{self._view.name}' is {type(value).__name__}, "
                     "not a tensor"
                 )
-            bf16 = self._view.outputs[name].datatype == "BF16"
+            datatype = self._view.outputs[name].datatype
+            bf16 = datatype == "BF16"
             fresh = False
             if bf16:
                 # numpy has no bfloat16 of its own: the answer carries the raw 16-bit values.
@@ -224,7 +225,7 @@ class PyTorchInstance(ModelInstance):
                 value = value.to(torch.bfloat16).view(torch.int16)
                 wanted = np.dtype(np.int16)
             else:
-                wanted = NUMPY_DTYPES[self._view.outputs[name].datatype]
+                wanted = NUMPY_DTYPES[datatype]
             on_host = value.device.type == "cpu"
             array = value.detach().numpy() if on_host else self._download(value)
             if array.dtype != wanted:
