@@ -1,12 +1,19 @@
-"""One server process against two, on the Python-backend identity model, beside tritonserver.
+"""One server process against several, on the Python-backend identity model, beside tritonserver.
 
     .venv/bin/python bench/multiprocess.py            # 3 repeats of 5 s after 2 s warm-up
 
 A second process is what it would take to use the second core: one Python process is held to
-about one core by its interpreter lock. Here two complete servers each take half of the 32
-connections (what SO_REUSEPORT would do with one port); the figures are their sums. The cost
-is measured beside the gain: resident memory, and batching efficiency (requests per model
-execution, from each server's statistics). Results go to bench/results/multiprocess.{json,md}.
+about one core by its interpreter lock. Two layouts are measured against one process:
+
+- ``ours x2``: two complete servers, each taking half of the 32 connections (what
+  SO_REUSEPORT would do with one port); the figures are their sums.
+- ``thin xN``: one core process that owns the models, batchers and statistics, and N
+  front-end processes sharing the public ports that parse HTTP, JSON and gRPC and forward
+  each request to it (``bench/frontends.py``); the figures are those of the whole tree.
+
+The cost is measured beside the gain: CPU per request, resident memory, and batching
+efficiency (requests per model execution, from the statistics). Results go to
+bench/results/multiprocess.{json,md}.
 """
 
 from __future__ import annotations
@@ -17,24 +24,69 @@ import os
 import statistics
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import grpc_load, http_load, measure, models, payloads  # noqa: E402
+from bench import frontends, grpc_load, http_load, measure, models, payloads  # noqa: E402
 from bench.scenarios import Scenario  # noqa: E402
-from bench.targets import Ours, Target, Triton, tree_cpu_seconds, tree_rss_bytes  # noqa: E402
+from bench.targets import (  # noqa: E402
+    Ours,
+    Target,
+    Triton,
+    free_port,
+    tree_cpu_seconds,
+    tree_rss_bytes,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = models.IDENTITY_PY
 PROTOCOLS = ("http-json", "http-binary", "grpc")
 CONNECTIONS = 32
+# Front-end processes of the thin layouts (bench/frontends.py), beside one core process.
+THIN_FRONTS = (1, 2, 3)
 
 
 class OursSecond(Ours):
     name = "ours-second"
+
+
+class Thin(Ours):
+    """``bench/frontends.py``: one core process and ``fronts`` front-end processes."""
+
+    def __init__(self, workdir: Path, cache: Path, fronts: int) -> None:
+        self.name = f"thin{fronts}"
+        super().__init__(workdir, cache)
+        self.fronts = fronts
+        self.stats_port = 0
+
+    def start(self) -> None:
+        repo = models.write_repository(self.workdir / "models", self.serves(), self.cache)
+        self.http_port, self.grpc_port = free_port(), free_port()
+        self.stats_port = free_port()
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve().parent / "frontends.py"),
+            "layout",
+            f"--fronts={self.fronts}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--core-http-port={self.stats_port}",
+            f"--core-grpc-port={free_port()}",
+            "--model-repository",
+            str(repo),
+            "--metrics-port=0",
+        ]
+        self._spawn(command)
+        deadline = time.monotonic() + 180
+        while self.log_path.read_text(errors="replace").count(frontends.READY) < self.fronts:
+            assert self.proc is not None
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start:\n{self.log_tail()}")
+            time.sleep(0.1)
 
 
 def _load(
@@ -54,7 +106,8 @@ def _load(
 
 
 def _executions(target: Target) -> tuple[int, int]:
-    url = f"http://127.0.0.1:{target.http_port}/v2/models/{MODEL.name}/stats"
+    port = getattr(target, "stats_port", target.http_port)
+    url = f"http://127.0.0.1:{port}/v2/models/{MODEL.name}/stats"
     with urllib.request.urlopen(url, timeout=10) as response:
         stats = json.loads(response.read())["model_stats"][0]
     return int(stats["inference_count"]), int(stats["execution_count"])
@@ -83,7 +136,7 @@ def measure_layout(
 
     if warmup > 0:
         together(warmup)
-    counted = label.startswith("ours")
+    counted = not label.startswith("triton")
     before = [_executions(t) for t in targets] if counted else []
     cpu0 = sum(tree_cpu_seconds(t.pid) for t in targets)
     runs = together(seconds)
@@ -110,6 +163,7 @@ def _layouts(workdir: Path, cache: Path) -> list[tuple[str, list[Target]]]:
     layouts: list[tuple[str, list[Target]]] = [
         ("ours x1", [Ours(workdir, cache)]),
         ("ours x2", [Ours(workdir, cache), OursSecond(workdir, cache)]),
+        *((f"thin x{n}", [Thin(workdir, cache, n)]) for n in THIN_FRONTS),
     ]
     triton = Triton(workdir, cache)
     if triton.available() is None:
@@ -176,7 +230,7 @@ def main() -> int:
     (args.out / "multiprocess.json").write_text(json.dumps(rows, indent=1))
     table = report(rows)
     (args.out / "multiprocess.md").write_text(
-        "# One process or two (Python identity, 32 connections in all)\n\n"
+        "# One process or several (Python identity, 32 connections in all)\n\n"
         f"Command: `bench/multiprocess.py --repeats {args.repeats} --duration {args.duration:g}`; "
         "medians.\n\n" + table + "\n"
     )
