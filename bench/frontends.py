@@ -193,6 +193,13 @@ class _FrontSide(_Framed):
         if future is not None and not future.done():
             future.set_result(result)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        gone = ServerError(Code.UNAVAILABLE, "the core process closed its socket")
+        for future in self.waiting.values():
+            if not future.done():
+                future.set_result(gone)
+        self.waiting.clear()
+
 
 class RemoteCore:
     """What the HTTP front end needs of the core: ``infer``, answered by the core process."""

@@ -104,3 +104,21 @@ def test_the_remote_core_raises_the_core_s_error() -> None:
         assert side.waiting == {}
 
     asyncio.run(main())
+
+
+def test_requests_in_flight_fail_when_the_core_goes_away() -> None:
+    class Transport:
+        def write(self, frame: bytes) -> None:
+            pass
+
+    async def main() -> None:
+        side = frontends._FrontSide()
+        side.transport = Transport()  # type: ignore[assignment]
+        call = asyncio.ensure_future(frontends.RemoteCore(side).infer(InferRequest("m")))
+        await asyncio.sleep(0)
+        side.connection_lost(None)
+        with pytest.raises(ServerError) as raised:
+            await call
+        assert raised.value.code is Code.UNAVAILABLE
+
+    asyncio.run(main())
