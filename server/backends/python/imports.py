@@ -154,7 +154,9 @@ def release(package: str) -> None:
         if owner is None:
             return
         prefix = package + "."
-        for name in [n for n in sys.modules if n == package or n.startswith(prefix)]:
+        # A snapshot of the names: other threads import while this one walks them (models
+        # load side by side), and a dict that changes size under a walk raises.
+        for name in [n for n in list(sys.modules) if n == package or n.startswith(prefix)]:
             sys.modules.pop(name, None)
         for folder in owner.folders:
             left = _folders.get(folder, 0) - 1
