@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import mmap
 import struct
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 import numpy as np
 
-from server.errors import invalid_arg
+from server.errors import ServerError, invalid_arg
+from server.types import InferInput
 
 try:  # BF16 has no numpy dtype of its own; ml_dtypes gives one when installed.
     from ml_dtypes import bfloat16 as _bfloat16
@@ -218,6 +220,26 @@ def from_buffer(
             f"'{model}'. Expected {expected}, got {len(buffer)}"
         )
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def deferred_contents(
+    name: str,
+    datatype: str,
+    shape: tuple[int, ...],
+    parameters: dict[str, Any],
+    read: Callable[..., np.ndarray],
+    *args: Any,
+) -> InferInput:
+    """An input whose contents ``read(*args)`` builds; a content error it raises is kept on
+    the input (``InferInput.content_error``) for validation to report in Triton's order."""
+    try:
+        data = read(*args)
+    except ServerError as exc:
+        return InferInput(name, datatype, shape, _NO_DATA, parameters, exc)
+    return InferInput(name, datatype, shape, data, parameters)
+
+
+_NO_DATA = np.empty(0)
 
 
 def writable(array: np.ndarray) -> np.ndarray:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from server.errors import ServerError
 
 Parameters = dict[str, Any]
 
@@ -18,6 +21,11 @@ class InferInput:
     shape: tuple[int, ...]
     data: np.ndarray
     parameters: Parameters = field(default_factory=dict)
+    # What was wrong with the tensor's contents (a byte size, a BYTES element count or
+    # length prefix), which Triton's core reports only when it reaches this input among
+    # the checks of every input's datatype and shape (``validate_request``); ``data`` is
+    # then empty.
+    content_error: ServerError | None = None
 
 
 @dataclass(slots=True)

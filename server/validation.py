@@ -26,11 +26,17 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
         given.add(tensor.name)
     required = view.required_inputs
     missing = [n for n in required if n not in given]
+    # A model with optional inputs words the expected count as a range, as Triton does.
+    expected = (
+        f"{len(inputs)} inputs"
+        if len(required) == len(inputs)
+        else f"number of inputs between {len(required)} and {len(inputs)}"
+    )
     if len(request.inputs) > len(inputs) or len(request.inputs) < len(required):
         got = ",".join(f"'{t.name}'" for t in request.inputs[::-1])
         wanted = "[" + ",".join(f"'{n}'" for n in missing) + "]" if missing else "]"
         raise invalid_arg(
-            f"{prefix}expected {len(inputs)} inputs but got {len(request.inputs)} inputs for model "
+            f"{prefix}expected {expected} but got {len(request.inputs)} inputs for model "
             f"'{name}'. Got input(s) [{got}], but missing required input(s) {wanted}. "
             "Please provide all required input(s)."
         )
@@ -39,7 +45,7 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
             raise invalid_arg(f"unexpected inference input '{tensor.name}' for model '{name}'")
     if missing:
         raise invalid_arg(
-            f"{prefix}expected {len(inputs)} inputs but got {len(request.inputs)} inputs for model "
+            f"{prefix}expected {expected} but got {len(request.inputs)} inputs for model "
             f"'{name}'. Got input(s) ["
             + ",".join(f"'{t.name}'" for t in request.inputs)
             + "], but missing required input(s) ["
@@ -83,6 +89,8 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
         rest = shape[1:] if max_batch > 0 else shape
         if not _dims_match(spec.dims, rest):
             _shape_error(prefix, tensor.name, name, view, spec.dims, shape)
+        if tensor.content_error is not None:
+            raise tensor.content_error
     request.batch_size = max(batch, 1)
     if request.outputs is not None:
         for output in request.outputs:

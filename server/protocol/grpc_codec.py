@@ -20,6 +20,7 @@ from server.tensors import (
     BYTES,
     NUMPY_DTYPES,
     check_bytes_count,
+    deferred_contents,
     element_count,
     from_buffer,
     request_prefix,
@@ -215,10 +216,34 @@ def decode_infer_request(message: Any) -> InferRequest:
             # Negative dims are reported by validation, with the model's context.
             if any(d < 0 for d in dims):
                 data = _EMPTY
+            elif datatype in NUMPY_DTYPES:
+                inputs.append(
+                    deferred_contents(
+                        name,
+                        datatype,
+                        dims,
+                        params,
+                        from_buffer,
+                        *(buffer, datatype, dims, name, model, request.id),
+                    )
+                )
+                continue
             else:
                 data = from_buffer(buffer, datatype, dims, name, model, request.id)
         elif has_contents:
             data = _from_contents(tensor.contents, datatype, dims, name, request)
+            if datatype == BYTES and data is not _EMPTY:
+                inputs.append(
+                    deferred_contents(
+                        name,
+                        datatype,
+                        dims,
+                        params,
+                        check_bytes_count,
+                        *(data, dims, name, model, request.id),
+                    )
+                )
+                continue
         else:
             raise _missing_data(name, model)
         inputs.append(InferInput(name, datatype, dims, data, params))
@@ -293,9 +318,10 @@ def _from_contents(
     values = getattr(contents, expected_field)
     count = element_count(dims)
     if datatype == BYTES:
+        # Flat: the caller checks the count (``deferred_contents``).
         array = np.empty(len(values), dtype=object)
         array[:] = list(values)
-        return check_bytes_count(array, dims, name, model, request.id)
+        return array
     dtype = NUMPY_DTYPES[datatype]
     if len(values) != count:
         raise invalid_arg(

@@ -19,6 +19,7 @@ from server.tensors import (
     BYTES,
     NUMPY_DTYPES,
     check_bytes_count,
+    deferred_contents,
     from_buffer,
     request_prefix,
     to_bytes,
@@ -182,15 +183,33 @@ def _decode_input(
             raise invalid_arg(
                 f"unexpected size for input '{name}', expecting {size - remaining} additional bytes for model '{model}'"
             )
-        array = from_buffer(binary[offset : offset + size], datatype, dims, name, model, request.id)
-        return InferInput(name, datatype, dims, array, params), size
+        chunk = binary[offset : offset + size]
+        return deferred_contents(
+            name,
+            datatype,
+            dims,
+            params,
+            from_buffer,
+            chunk,
+            datatype,
+            dims,
+            name,
+            model,
+            request.id,
+        ), size
+    if not dims or 0 in dims:
+        # No elements (Triton counts none in an empty shape): Triton reads no data at all.
+        empty = np.empty(dims or (0,), dtype=NUMPY_DTYPES[datatype])
+        return InferInput(name, datatype, dims, empty, params), 0
     if datatype in JSON_FORBIDDEN:
         raise invalid_arg(
             f"receiving {datatype} data via JSON is not supported. Please use the binary data format for input {name}"
         )
     array = json_tensor(fields["data"], datatype, dims)
     if datatype == BYTES:
-        array = check_bytes_count(array, dims, name, model, request.id)
+        return deferred_contents(
+            name, datatype, dims, params, check_bytes_count, array, dims, name, model, request.id
+        ), 0
     return InferInput(name, datatype, dims, array, params), 0
 
 
@@ -208,7 +227,7 @@ def _decode_output(item: Any) -> RequestedOutput:
     name = _string(fields, "name")
     params = fields.get("parameters", {})
     if not isinstance(params, dict):
-        raise internal("failed to get output params.: attempt to get members for non-object")
+        params = {}  # Triton reads an output's parameters only when they are an object
     if "binary_data" in params and not isinstance(params["binary_data"], bool):
         raise _wrong_type("binary_data", "boolean")
     if params.get("shared_memory_region") is not None and params.get("binary_data"):

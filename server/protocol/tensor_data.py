@@ -25,6 +25,7 @@ _SIGNED = ("INT8", "INT16", "INT32", "INT64")
 _UNSIGNED = ("UINT8", "UINT16", "UINT32", "UINT64")
 _FLOATS = ("FP32", "FP64")
 _LENGTH = struct.Struct("<I")
+_SHAPE_MISMATCH = "Unable to parse 'data': Shape does not match true shape of 'data' field"
 # How simdjson reads a numeric array straight into a buffer, and the width it reads into.
 _BUFFER_KIND: dict[str, tuple[Literal["d", "i", "u"], type[np.generic]]] = {
     **{t: ("d", np.float64) for t in _FLOATS},
@@ -37,7 +38,10 @@ def json_tensor(data: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
     """``data`` of one JSON input as a flat-then-reshaped array; BYTES stays flat (its count is
     checked later, with the model's name in the message). ``data`` is a list, or a simdjson
     Array from ``json_errors.loads_infer`` whose numbers are read without a Python object each;
-    an array that does not read as the datatype's numbers takes the list path and its errors."""
+    an array that does not read as the datatype's numbers takes the list path and its errors.
+
+    Triton walks the elements in order, and the first that is either past the shape's count
+    or not of the datatype's kind decides the error."""
     if isinstance(data, simdjson.Array):
         array = _numbers(data, datatype)
         if array is None:
@@ -58,6 +62,11 @@ def json_tensor(data: Any, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
         array = np.empty(len(data), dtype=object)
         array[:] = [item.encode("utf-8") for item in data]
         return array
+    expected = element_count(shape) if shape else 0
+    if len(data) > expected:
+        head = data[:expected]
+        _typed(head, set(map(type, head)), datatype)  # an error before the surplus comes first
+        raise internal(_SHAPE_MISMATCH)
     return _shaped(_typed(data, kinds, datatype), shape)
 
 
@@ -65,7 +74,7 @@ def _shaped(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     # Triton counts the elements of an empty shape as zero, not one.
     expected = element_count(shape) if shape else 0
     if array.size != expected:
-        raise internal("Unable to parse 'data': Shape does not match true shape of 'data' field")
+        raise internal(_SHAPE_MISMATCH)
     return array.reshape(shape) if shape else array
 
 

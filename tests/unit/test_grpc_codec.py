@@ -30,6 +30,14 @@ def _error(message: pb.ModelInferRequest) -> ServerError:
     return info.value
 
 
+def _content_error(message: pb.ModelInferRequest) -> ServerError:
+    """The error of the only input's contents, which the codec keeps for validation to
+    report in Triton's order, after every input's datatype and shape."""
+    (tensor,) = grpc_codec.decode_infer_request(message).inputs
+    assert tensor.content_error is not None and tensor.data.size == 0
+    return tensor.content_error
+
+
 def test_raw_contents_become_arrays_of_the_declared_type_and_shape() -> None:
     values = np.arange(6, dtype="<f4").reshape(2, 3)
     request = grpc_codec.decode_infer_request(
@@ -107,12 +115,12 @@ def test_missing_raw_entry_names_the_input() -> None:
 
 
 def test_raw_size_mismatch_is_invalid() -> None:
-    error = _error(_request(Tensor(name="A", datatype="INT32", shape=[2]), raw=[b"\0" * 7]))
+    error = _content_error(_request(Tensor(name="A", datatype="INT32", shape=[2]), raw=[b"\0" * 7]))
     assert error.code == Code.INVALID_ARG and "'A'" in error.message and "8" in error.message
 
 
 def test_bytes_prefix_that_overruns_is_invalid() -> None:
-    error = _error(
+    error = _content_error(
         _request(
             Tensor(name="S", datatype="BYTES", shape=[1]), raw=[struct.pack("<I", 100) + b"abc"]
         )
@@ -135,7 +143,10 @@ def test_typed_element_count_must_match_the_shape() -> None:
     assert _error(_request(tensor)).code == Code.INVALID_ARG
     strings = Tensor(name="S", datatype="BYTES", shape=[2])
     strings.contents.bytes_contents.append(b"x")
-    assert _error(_request(strings)).code == Code.INVALID_ARG
+    assert _content_error(_request(strings)).message == (
+        "[request id: <id_unknown>] expected 2 string elements for inference input 'S' for "
+        "model 'm', got 1"
+    )
 
 
 def test_request_parameters_priority_timeout_and_reserved_keys() -> None:

@@ -360,16 +360,66 @@ def test_large_documents_take_the_fast_parser_by_default(monkeypatch: pytest.Mon
 
 
 def test_bytes_count_is_checked_with_the_model_name() -> None:
-    error = error_of(
-        lambda: decode(
-            {"inputs": [{"name": "A", "datatype": "BYTES", "shape": [3], "data": ["a"]}]}
-        )
-    )
-    assert error.code == Code.INVALID_ARG
+    # Kept on the input: validation reports it after every input's datatype and shape.
+    (tensor,) = decode(
+        {"inputs": [{"name": "A", "datatype": "BYTES", "shape": [3], "data": ["a"]}]}
+    ).inputs
+    error = tensor.content_error
+    assert error is not None and error.code == Code.INVALID_ARG
     assert (
         error.message
         == "[request id: <id_unknown>] expected 3 string elements for inference input 'A' for model 'm', got 1"
     )
+
+
+def _one(datatype: str, shape: list[int], data: object) -> dict[str, object]:
+    return {"inputs": [{"name": "A", "datatype": datatype, "shape": shape, "data": data}]}
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "data"),
+    [
+        ("INT32", [0], [1, 2, 3]),
+        ("INT32", [2, 0], "not an array"),
+        ("FP32", [], [1.5]),
+        ("FP16", [0], [1]),  # JSON cannot carry FP16, but there is nothing to carry
+        ("BYTES", [0], [5]),
+    ],
+)
+def test_no_data_is_read_for_a_tensor_of_no_elements(
+    datatype: str, shape: list[int], data: object
+) -> None:
+    (tensor,) = decode(_one(datatype, shape, data)).inputs
+    assert tensor.data.size == 0 and tensor.content_error is None
+    assert tensor.shape == tuple(shape)
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ([1, 2, 3, "x"], "Shape does not match true shape of 'data' field"),
+        ([[1, 2], [3, True]], "Shape does not match true shape of 'data' field"),
+        ([1, "y", 3, "x"], "attempt to access JSON non-signed-integer as signed-integer"),
+        ([1, 2.5], "attempt to access JSON non-signed-integer as signed-integer"),
+        ([1, 2], "Shape does not match true shape of 'data' field"),
+    ],
+)
+def test_the_first_element_past_the_shape_or_of_a_wrong_kind_decides(
+    data: list[object], words: str
+) -> None:
+    error = error_of(lambda: decode(_one("INT32", [3], data)))
+    assert (error.code, error.message) == (Code.INTERNAL, f"Unable to parse 'data': {words}")
+
+
+def test_output_parameters_that_are_not_an_object_are_ignored() -> None:
+    document = _one("INT32", [1], [1])
+    document["outputs"] = [
+        {"name": "O", "parameters": 1.5},
+        {"name": "P", "parameters": [{"binary_data": 5}]},
+        {"name": "Q", "parameters": None},
+    ]
+    outputs = decode(document).outputs or []
+    assert [(o.name, o.parameters) for o in outputs] == [("O", {}), ("P", {}), ("Q", {})]
 
 
 def test_raw_request_deduces_the_variable_dimension() -> None:

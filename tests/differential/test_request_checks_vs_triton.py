@@ -1,0 +1,210 @@
+"""Which of several things wrong with an inference request is reported, side by side with
+tritonserver: the same Python-backend models on both servers, the same requests.
+
+Triton's HTTP front end reads the whole document (inputs, then outputs) before its core
+checks each input's datatype, shape and then contents (a byte size, a BYTES element count),
+walking the inputs in its map's order; it reads no ``data`` for a tensor of no elements,
+walks JSON elements in order, and ignores output ``parameters`` that are not an object.
+Found by sending both servers mutated requests and comparing the answers.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from server.protocol.generated import grpc_service_pb2 as pb
+from server.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+from tests.differential.conftest import start_triton
+from tests.differential.http_wire import comparable, send
+from tests.harness import run_server
+from tests.models import model_config, write_python_model
+
+pytestmark = pytest.mark.triton
+
+_ECHO = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            numbers = pb_utils.get_input_tensor_by_name(request, "I32").as_numpy()
+            strings = pb_utils.get_input_tensor_by_name(request, "S").as_numpy()
+            responses.append(
+                pb_utils.InferenceResponse(
+                    [pb_utils.Tensor("O32", numbers), pb_utils.Tensor("OS", strings)]
+                )
+            )
+        return responses
+"""
+
+_CONFIG = model_config(
+    "echo",
+    backend="python",
+    max_batch_size=0,
+    dynamic_batching=False,
+    inputs=[("I32", "INT32", [-1]), ("S", "BYTES", [2])],
+    outputs=[("O32", "INT32", [-1]), ("OS", "BYTES", [2])],
+)
+# A third input, BOOL, that requests may leave out.
+_OPTIONAL = _CONFIG.replace('name: "echo"', 'name: "echo_optional"').replace(
+    "input [",
+    'input [\n  { name: "B" data_type: TYPE_BOOL dims: [ -1 ] optional: true },',
+    1,
+)
+
+
+def _tensor(name: str, datatype: str, shape: list[int], data: Any) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": shape, "data": data}
+
+
+NUMBERS = _tensor("I32", "INT32", [3], [1, 2, 3])
+STRINGS = _tensor("S", "BYTES", [2], ["a", "bc"])
+
+
+def _json(*inputs: dict[str, Any], **rest: Any) -> tuple[bytes, dict[str, str]]:
+    return json.dumps({"inputs": list(inputs), **rest}).encode(), {}
+
+
+def _binary(inputs: list[dict[str, Any]], blobs: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    head = json.dumps({"inputs": inputs}).encode()
+    return head + b"".join(blobs), {"Inference-Header-Content-Length": str(len(head))}
+
+
+def _sized(name: str, datatype: str, shape: list[int], size: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "datatype": datatype,
+        "shape": shape,
+        "parameters": {"binary_data_size": size},
+    }
+
+
+CASES: dict[str, tuple[str, tuple[bytes, dict[str, str]]]] = {
+    # No elements: no data is read, whatever it holds.
+    "zero-elements-ignore-data": ("echo", _json(_tensor("I32", "INT32", [0], "zzz"), STRINGS)),
+    "empty-shape-then-shape-error": ("echo", _json(_tensor("I32", "INT32", [], [1, 2]), STRINGS)),
+    "empty-bytes-shape": ("echo", _json(NUMBERS, _tensor("S", "BYTES", [0], [1]))),
+    # JSON elements are walked in order.
+    "surplus-before-wrong-kind": (
+        "echo",
+        _json(_tensor("I32", "INT32", [3], [1, 2, 3, "x"]), STRINGS),
+    ),
+    "wrong-kind-before-surplus": (
+        "echo",
+        _json(_tensor("I32", "INT32", [3], [1, "y", 3, "x"]), STRINGS),
+    ),
+    # Output parameters that are not an object are not read.
+    "output-parameters-number": (
+        "echo",
+        _json(NUMBERS, STRINGS, outputs=[{"name": "O32", "parameters": 1.5}]),
+    ),
+    "output-parameters-array": (
+        "echo",
+        _json(NUMBERS, STRINGS, outputs=[{"name": "OS", "parameters": [{"binary_data": 5}]}]),
+    ),
+    # Contents are checked after the whole document is read, and after each input's shape.
+    "bytes-count-then-bad-output": (
+        "echo",
+        _json(NUMBERS, _tensor("S", "BYTES", [2], ["a", "b", "c"]), outputs=[{"name": 5}]),
+    ),
+    "bytes-count-then-shape": (
+        "echo",
+        _json(_tensor("S", "BYTES", [2], ["a"]), _tensor("I32", "INT32", [3, 1], [1, 2, 3])),
+    ),
+    "shape-then-bytes-count": (
+        "echo",
+        _json(_tensor("I32", "INT32", [3, 1], [1, 2, 3]), _tensor("S", "BYTES", [2], ["a"])),
+    ),
+    "byte-size-then-shape": (
+        "echo",
+        _binary(
+            [_sized("I32", "INT32", [3], 8), _tensor("S", "BYTES", [3], ["a", "b", "c"])],
+            [struct.pack("<2i", 1, 2)],
+        ),
+    ),
+    "shape-then-byte-size": (
+        "echo",
+        _binary(
+            [_tensor("S", "BYTES", [3], ["a", "b", "c"]), _sized("I32", "INT32", [3], 8)],
+            [struct.pack("<2i", 1, 2)],
+        ),
+    ),
+    "binary-bytes-count-then-shape": (
+        "echo",
+        _binary(
+            [_sized("S", "BYTES", [2], 5), _tensor("I32", "INT32", [3, 1], [1, 2, 3])],
+            [struct.pack("<I", 1) + b"a"],
+        ),
+    ),
+    # Optional inputs: the expected count is a range.
+    "optional-too-few": ("echo_optional", _json(STRINGS)),
+    "optional-none": ("echo_optional", _json()),
+    "optional-too-many": (
+        "echo_optional",
+        _json(
+            NUMBERS,
+            STRINGS,
+            _tensor("B", "BOOL", [1], [True]),
+            _tensor("X", "BOOL", [1], [True]),
+        ),
+    ),
+    "optional-left-out": ("echo_optional", _json(NUMBERS, STRINGS)),
+}
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    repo = tmp_path_factory.mktemp("request_checks")
+    write_python_model(repo, "echo", _ECHO, _CONFIG)
+    write_python_model(repo, "echo_optional", _ECHO, _OPTIONAL)
+    args = ["--model-repository", str(repo)]
+    with run_server(args, services=("http", "grpc")) as ours, start_triton(repo) as theirs:
+        yield {"ours": ours, "triton": theirs}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_same_check_answers(servers: dict[str, Any], case: str) -> None:
+    model, (body, headers) = CASES[case]
+    path = f"/v2/models/{model}/infer"
+    theirs = send(servers["triton"].http_url, "POST", path, body, headers)
+    ours = send(servers["ours"].http_url, "POST", path, body, headers)
+    assert comparable(ours, path) == comparable(theirs, path)
+
+
+def _grpc_answer(url: str, message: Any) -> tuple[str, str]:
+    with grpc.insecure_channel(url) as channel:
+        try:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(message, timeout=30)
+        except grpc.RpcError as exc:
+            return str(exc.code()), str(exc.details())
+    return "OK", ""
+
+
+@pytest.mark.parametrize("order", ["size-first", "shape-first"])
+def test_grpc_raw_contents_are_checked_after_shapes(servers: dict[str, Any], order: str) -> None:
+    tensor = pb.ModelInferRequest.InferInputTensor
+    sized = tensor(name="I32", datatype="INT32", shape=[3])
+    strings = tensor(name="S", datatype="BYTES", shape=[3])
+    raw_sized = np.array([1, 2], dtype="<i4").tobytes()
+    raw_strings = b"".join(struct.pack("<I", 1) + c for c in (b"a", b"b", b"c"))
+    pairs = [(sized, raw_sized), (strings, raw_strings)]
+    if order == "shape-first":
+        pairs.reverse()
+    message = pb.ModelInferRequest(
+        model_name="echo",
+        inputs=[p[0] for p in pairs],
+        raw_input_contents=[p[1] for p in pairs],
+    )
+    ours = _grpc_answer(servers["ours"].grpc_url, message)
+    theirs = _grpc_answer(servers["triton"].grpc_url, message)
+    assert ours == theirs
+    assert ours[0] == "StatusCode.INVALID_ARGUMENT"
