@@ -287,11 +287,8 @@ class SharedMemoryRegistry:
             raise invalid_arg(
                 f"invalid value type for '{REGION}' parameter for tensor '{tensor}', expected string"
             )
-        size = params.get(BYTE_SIZE)
-        if size is None:
-            raise invalid_arg(
-                f"'{BYTE_SIZE}' must be specified along with '{REGION}' parameter for tensor '{tensor}'"
-            )
+        # Both front ends have made sure of a byte size (HTTP reads a missing one as 0).
+        size = params[BYTE_SIZE]
         offset = params.get(OFFSET, 0)
         for key, value in ((BYTE_SIZE, size), (OFFSET, offset)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -305,7 +302,9 @@ class SharedMemoryRegistry:
                 raise ServerError(Code.NOT_FOUND, f"Unable to find shared memory region: '{name}'")
             if offset >= region.byte_size:
                 raise invalid_arg(f"Invalid offset for shared memory region: '{name}'")
-            if offset + size > region.byte_size:
+            # Triton compares offset + size - 1 with the region's last byte, unsigned: a size
+            # and offset of 0 wrap around and are refused too.
+            if offset + size > region.byte_size or offset + size == 0:
                 raise invalid_arg(f"Invalid offset + byte size for shared memory region: '{name}'")
             region.users += 1
             lease.regions.append(region)

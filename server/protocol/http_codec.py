@@ -15,6 +15,7 @@ import orjson
 from server.errors import internal, invalid_arg
 from server.protocol import json_errors
 from server.protocol.tensor_data import JSON_FORBIDDEN, json_tensor, json_values
+from server.shm import BYTE_SIZE, OFFSET, REGION
 from server.tensors import (
     BYTES,
     NUMPY_DTYPES,
@@ -172,6 +173,7 @@ def _decode_input(
         raise invalid_arg(f"invalid datatype for input {name}")
     dims = tuple(shape)
     if present[0] == "shared_memory_region":
+        _shared_memory_parameters(params)
         return InferInput(name, datatype, dims, np.empty(0), params), 0
     model = request.model_name
     if present[0] == "binary_data_size":
@@ -222,6 +224,21 @@ def _string(fields: dict[str, Any], key: str) -> str:
     return value
 
 
+def _shared_memory_parameters(params: dict[str, Any]) -> None:
+    """Triton's HTTP front end reads a tensor's shared-memory parameters with its JSON
+    accessors (INTERNAL when one is of the wrong kind): the region's name, then the offset,
+    then the byte size, which is 0 when left out."""
+    if not isinstance(params[REGION], str):
+        raise _wrong_type(REGION, "string")
+    for key in (OFFSET, BYTE_SIZE):
+        if key in params:
+            value = params[key]
+            # type() rather than isinstance(): a JSON boolean is not a number.
+            if type(value) is not int or not 0 <= value < 2**64:
+                raise _wrong_type(key, "unsigned-integer")
+    params.setdefault(BYTE_SIZE, 0)
+
+
 def _decode_output(item: Any) -> RequestedOutput:
     fields = item if isinstance(item, dict) else {}
     name = _string(fields, "name")
@@ -230,6 +247,8 @@ def _decode_output(item: Any) -> RequestedOutput:
         params = {}  # Triton reads an output's parameters only when they are an object
     if "binary_data" in params and not isinstance(params["binary_data"], bool):
         raise _wrong_type("binary_data", "boolean")
+    if REGION in params:
+        _shared_memory_parameters(params)
     if params.get("shared_memory_region") is not None and params.get("binary_data"):
         raise invalid_arg("Output can't set both 'shared_memory_region' and 'binary_data'")
     if "classification" in params:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import struct
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shared_memory
 
 from server.protocol.generated import grpc_service_pb2 as pb
 from server.protocol.generated import grpc_service_pb2_grpc as pb_grpc
@@ -166,7 +169,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     repo = tmp_path_factory.mktemp("request_checks")
     write_python_model(repo, "echo", _ECHO, _CONFIG)
     write_python_model(repo, "echo_optional", _ECHO, _OPTIONAL)
-    args = ["--model-repository", str(repo)]
+    # This tritonserver serves client shared memory without being asked to.
+    args = ["--model-repository", str(repo), "--allow-client-shm=true"]
     with run_server(args, services=("http", "grpc")) as ours, start_triton(repo) as theirs:
         yield {"ours": ours, "triton": theirs}
 
@@ -208,3 +212,61 @@ def test_grpc_raw_contents_are_checked_after_shapes(servers: dict[str, Any], ord
     theirs = _grpc_answer(servers["triton"].grpc_url, message)
     assert ours == theirs
     assert ours[0] == "StatusCode.INVALID_ARGUMENT"
+
+
+# A tensor's shared-memory parameters as Triton's HTTP front end reads them: the region's
+# name, then the offset, then the byte size (0 when left out), each with its JSON accessor.
+SHARED_MEMORY: dict[str, dict[str, Any]] = {
+    "fine": {"shared_memory_region": "reg", "shared_memory_byte_size": 12},
+    "region-number": {"shared_memory_region": 5, "shared_memory_byte_size": 12},
+    "region-null": {"shared_memory_region": None, "shared_memory_byte_size": 12},
+    "size-string": {"shared_memory_region": "reg", "shared_memory_byte_size": "x"},
+    "size-negative": {"shared_memory_region": "reg", "shared_memory_byte_size": -1},
+    "size-float": {"shared_memory_region": "reg", "shared_memory_byte_size": 12.0},
+    "size-beyond-64-bits": {"shared_memory_region": "reg", "shared_memory_byte_size": 2**64},
+    "offset-before-size": {
+        "shared_memory_region": "reg",
+        "shared_memory_byte_size": "x",
+        "shared_memory_offset": "y",
+    },
+    "size-left-out": {"shared_memory_region": "reg"},
+    "size-left-out-with-offset": {"shared_memory_region": "reg", "shared_memory_offset": 4},
+    "size-zero": {"shared_memory_region": "reg", "shared_memory_byte_size": 0},
+    "unknown-region-size-left-out": {"shared_memory_region": "nope"},
+}
+
+
+@pytest.fixture(scope="module")
+def regions(servers: dict[str, Any]) -> Iterator[None]:
+    handles = []
+    for name, server in servers.items():
+        key = f"/request_checks_{name}_{uuid.uuid4().hex[:8]}"
+        handle = shared_memory.create_shared_memory_region("reg", key, 64)
+        shared_memory.set_shared_memory_region(handle, [np.array([7, 8, 9], dtype=np.int32)])
+        handles.append(handle)
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            client.register_system_shared_memory("reg", key, 64)
+    yield
+    for server in servers.values():
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            client.unregister_system_shared_memory("reg")
+    for handle in handles:
+        shared_memory.destroy_shared_memory_region(handle)
+
+
+@pytest.mark.usefixtures("regions")
+@pytest.mark.parametrize("where", ["input", "output"])
+@pytest.mark.parametrize("case", sorted(SHARED_MEMORY))
+def test_shared_memory_parameters_answer_alike(
+    servers: dict[str, Any], case: str, where: str
+) -> None:
+    params = SHARED_MEMORY[case]
+    if where == "input":
+        numbers = {"name": "I32", "datatype": "INT32", "shape": [3], "parameters": params}
+        body, headers = _json(numbers, STRINGS)
+    else:
+        body, headers = _json(NUMBERS, STRINGS, outputs=[{"name": "O32", "parameters": params}])
+    path = "/v2/models/echo/infer"
+    theirs = send(servers["triton"].http_url, "POST", path, body, headers)
+    ours = send(servers["ours"].http_url, "POST", path, body, headers)
+    assert comparable(ours, path) == comparable(theirs, path)

@@ -422,6 +422,53 @@ def test_output_parameters_that_are_not_an_object_are_ignored() -> None:
     assert [(o.name, o.parameters) for o in outputs] == [("O", {}), ("P", {}), ("Q", {})]
 
 
+@pytest.mark.parametrize("where", ["input", "output"])
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        (
+            {"shared_memory_region": 5},
+            "'shared_memory_region': attempt to access JSON non-string as string",
+        ),
+        (
+            {"shared_memory_region": "r", "shared_memory_byte_size": True},
+            "'shared_memory_byte_size': attempt to access JSON non-unsigned-integer as unsigned-integer",
+        ),
+        (
+            {"shared_memory_region": "r", "shared_memory_byte_size": 2**64},
+            "'shared_memory_byte_size': attempt to access JSON non-unsigned-integer as unsigned-integer",
+        ),
+        (
+            {
+                "shared_memory_region": "r",
+                "shared_memory_byte_size": "x",
+                "shared_memory_offset": -1,
+            },
+            "'shared_memory_offset': attempt to access JSON non-unsigned-integer as unsigned-integer",
+        ),
+    ],
+)
+def test_shared_memory_parameters_are_read_as_triton_reads_json(
+    where: str, params: dict[str, object], words: str
+) -> None:
+    document = (
+        {"inputs": [{"name": "A", "datatype": "INT32", "shape": [1], "parameters": params}]}
+        if where == "input"
+        else {**_one("INT32", [1], [1]), "outputs": [{"name": "O", "parameters": params}]}
+    )
+    error = error_of(lambda: decode(document))
+    assert (error.code, error.message) == (Code.INTERNAL, f"Unable to parse {words}")
+
+
+def test_a_shared_memory_byte_size_left_out_is_zero() -> None:
+    params = {"shared_memory_region": "r", "shared_memory_offset": 4}
+    document = {"inputs": [{"name": "A", "datatype": "INT32", "shape": [1], "parameters": params}]}
+    document["outputs"] = [{"name": "O", "parameters": {"shared_memory_region": "r"}}]
+    request = decode(document)
+    assert request.inputs[0].parameters["shared_memory_byte_size"] == 0
+    assert (request.outputs or [])[0].parameters["shared_memory_byte_size"] == 0
+
+
 def test_raw_request_deduces_the_variable_dimension() -> None:
     body = np.arange(6, dtype="<f4").tobytes()
     request = decode_raw_request(body, view("FP32", (2, -1), max_batch=4), "")

@@ -136,6 +136,12 @@ def test_bounds_and_names_are_checked_per_tensor(segment: shared_memory.SharedMe
             Code.INVALID_ARG,
             "Invalid offset + byte size for shared memory region: 'r'",
         ),
+        # Triton's unsigned offset + size - 1 wraps around for a size and offset of 0.
+        (
+            _request("r", 0),
+            Code.INVALID_ARG,
+            "Invalid offset + byte size for shared memory region: 'r'",
+        ),
     ]
     for request, code, message in cases:
         error = _error(registry.acquire, request)
