@@ -58,8 +58,9 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
     if max_batch > 0:
         for tensor in ordered:
             if not tensor.shape:
-                _shape_error(
-                    prefix, tensor.name, name, view, inputs[tensor.name].dims, tensor.shape
+                raise invalid_arg(
+                    f"{prefix}input '{tensor.name}' has no shape but model requires batch "
+                    f"dimension for '{name}'"
                 )
             if batch == 0:
                 batch = tensor.shape[0]

@@ -65,6 +65,24 @@ _OPTIONAL = _CONFIG.replace('name: "echo"', 'name: "echo_optional"').replace(
 )
 
 
+_PASS = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())]
+            )
+            for r in requests
+        ]
+"""
+_BATCHED = model_config(
+    "batched", backend="python", inputs=[("IN", "FP32", [-1])], outputs=[("OUT", "FP32", [-1])]
+)
+
+
 def _tensor(name: str, datatype: str, shape: list[int], data: Any) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "shape": shape, "data": data}
 
@@ -96,6 +114,10 @@ CASES: dict[str, tuple[str, tuple[bytes, dict[str, str]]]] = {
     "zero-elements-ignore-data": ("echo", _json(_tensor("I32", "INT32", [0], "zzz"), STRINGS)),
     "empty-shape-then-shape-error": ("echo", _json(_tensor("I32", "INT32", [], [1, 2]), STRINGS)),
     "empty-bytes-shape": ("echo", _json(NUMBERS, _tensor("S", "BYTES", [0], [1]))),
+    "empty-shape-with-batching": (
+        "batched",
+        _json(_tensor("IN", "FP32", [], [1.0]), outputs=[{"name": "OUT"}]),
+    ),
     # JSON elements are walked in order.
     "surplus-before-wrong-kind": (
         "echo",
@@ -169,6 +191,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     repo = tmp_path_factory.mktemp("request_checks")
     write_python_model(repo, "echo", _ECHO, _CONFIG)
     write_python_model(repo, "echo_optional", _ECHO, _OPTIONAL)
+    write_python_model(repo, "batched", _PASS, _BATCHED)
     # This tritonserver serves client shared memory without being asked to.
     args = ["--model-repository", str(repo), "--allow-client-shm=true"]
     with run_server(args, services=("http", "grpc")) as ours, start_triton(repo) as theirs:
