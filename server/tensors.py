@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from server.errors import ServerError, invalid_arg
-from server.types import InferInput
+from server.types import InferInput, InferRequest
 
 try:  # BF16 has no numpy dtype of its own; ml_dtypes gives one when installed.
     from ml_dtypes import bfloat16 as _bfloat16
@@ -220,6 +220,16 @@ def from_buffer(
             f"'{model}'. Expected {expected}, got {len(buffer)}"
         )
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def check_new_input(request: InferRequest, name: str) -> None:
+    """Triton adds each input to the request as soon as its name, datatype and shape are
+    read, and refuses a name already there before it looks at anything else of it."""
+    for tensor in request.inputs:
+        if tensor.name == name:
+            raise invalid_arg(
+                f"{request_prefix(request.id)}input '{name}' already exists in request"
+            )
 
 
 def deferred_contents(

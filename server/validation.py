@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from server.errors import invalid_arg, unsupported
 from server.repository.view import ModelView
-from server.tensors import request_prefix
+from server.tensors import NUMPY_DTYPES, request_prefix
 from server.types import InferRequest
 
 
@@ -77,8 +77,10 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
     for tensor in ordered:
         spec = inputs[tensor.name]
         if tensor.datatype != spec.datatype:
+            # Triton names a datatype it does not know '<invalid>'.
+            shown = tensor.datatype if tensor.datatype in NUMPY_DTYPES else "<invalid>"
             raise invalid_arg(
-                f"{prefix}inference input '{tensor.name}' data-type is '{tensor.datatype}', but model "
+                f"{prefix}inference input '{tensor.name}' data-type is '{shown}', but model "
                 f"'{name}' expects '{spec.datatype}'"
             )
         shape = tensor.shape

@@ -20,6 +20,7 @@ from server.tensors import (
     BYTES,
     NUMPY_DTYPES,
     check_bytes_count,
+    check_new_input,
     deferred_contents,
     element_count,
     from_buffer,
@@ -58,13 +59,20 @@ _FIELD_DATATYPE: dict[str, str] = {
     "fp64_contents": "FP64",
     "bytes_contents": "BYTES",
 }
+# The kinds of value tritonserver's gRPC front end takes for a request parameter, and its
+# words for them; every other key takes the last entry's.
 _PARAM_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "priority": (("int64_param", "uint64_param"), "int64_param or uint64_param"),
-    "timeout": (("int64_param", "uint64_param"), "int64_param or uint64_param"),
-    "sequence_id": (("int64_param", "uint64_param", "string_param"), "int64_param or string_param"),
+    "timeout": (("int64_param",), "int64_param"),
+    "sequence_id": (("int64_param", "string_param"), "int64_param or string_param"),
     "sequence_start": (("bool_param",), "bool_param"),
     "sequence_end": (("bool_param",), "bool_param"),
+    EMPTY_FINAL_RESPONSE: (("bool_param",), "bool_param"),
 }
+_OTHER_PARAM_TYPES = (
+    ("int64_param", "bool_param", "string_param", "double_param"),
+    "int64_param, bool_param, or string_param",
+)
 
 
 def parameters_to_dict(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -192,6 +200,7 @@ def decode_infer_request(message: Any) -> InferRequest:
         name = tensor.name
         datatype = tensor.datatype
         dims = tuple(tensor.shape)
+        check_new_input(request, name)
         params = parameters_to_dict(tensor.parameters) if tensor.parameters else {}
         has_contents = tensor.HasField("contents")
         if REGION in params:
@@ -213,10 +222,11 @@ def decode_infer_request(message: Any) -> InferRequest:
                 raise _missing_data(name, model)
             buffer = raw[raw_index]
             raw_index += 1
-            # Negative dims are reported by validation, with the model's context.
-            if any(d < 0 for d in dims):
+            # Negative dims and unknown datatypes are reported by validation, with the
+            # model's context, as Triton's core reports them.
+            if any(d < 0 for d in dims) or datatype not in NUMPY_DTYPES:
                 data = _EMPTY
-            elif datatype in NUMPY_DTYPES:
+            else:
                 inputs.append(
                     deferred_contents(
                         name,
@@ -228,8 +238,6 @@ def decode_infer_request(message: Any) -> InferRequest:
                     )
                 )
                 continue
-            else:
-                data = from_buffer(buffer, datatype, dims, name, model, request.id)
         elif has_contents:
             data = _from_contents(tensor.contents, datatype, dims, name, request)
             if datatype == BYTES and data is not _EMPTY:
@@ -268,12 +276,14 @@ def _apply_request_parameters(request: InferRequest, params: Mapping[str, Any]) 
                 "following keys starting with 'triton_' are allowed: "
                 + ", ".join(_ALLOWED_TRITON_KEYS)
             )
-        typed = _PARAM_TYPES.get(key)
-        if typed is not None and which not in typed[0]:
-            raise invalid_arg(f"invalid value type for '{key}' parameter, expected {typed[1]}.")
-        value = getattr(param, which) if which else None
+        kinds, words = _PARAM_TYPES.get(key, _OTHER_PARAM_TYPES)
+        if which not in kinds:
+            raise invalid_arg(f"invalid value type for '{key}' parameter, expected {words}.")
+        value = getattr(param, which)
         if key == "priority":
-            request.priority = max(int(value or 0), 0)
+            if value < 0:
+                raise invalid_arg("invalid value for 'priority', expected value >= 0.")
+            request.priority = int(value)
         elif key == "timeout":
             request.timeout_us = max(int(value or 0), 0)
         values[key] = value

@@ -20,6 +20,7 @@ from server.tensors import (
     BYTES,
     NUMPY_DTYPES,
     check_bytes_count,
+    check_new_input,
     deferred_contents,
     from_buffer,
     request_prefix,
@@ -169,6 +170,7 @@ def _decode_input(
         # type() rather than isinstance(): a JSON boolean is not a dimension.
         if type(d) is not int or not 0 <= d < 2**63:
             raise _wrong_type("shape", "unsigned-integer")
+    check_new_input(request, name)
     if datatype not in NUMPY_DTYPES:
         raise invalid_arg(f"invalid datatype for input {name}")
     dims = tuple(shape)

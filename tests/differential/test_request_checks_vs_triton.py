@@ -183,6 +183,15 @@ CASES: dict[str, tuple[str, tuple[bytes, dict[str, str]]]] = {
         ),
     ),
     "optional-left-out": ("echo_optional", _json(NUMBERS, STRINGS)),
+    # A name already in the request is refused before anything else of that input is read.
+    "repeated-input-short-data": (
+        "echo",
+        _json(NUMBERS, STRINGS, _tensor("I32", "INT32", [3], [1, 2])),
+    ),
+    "repeated-input-unknown-datatype": (
+        "echo",
+        _json(NUMBERS, STRINGS, _tensor("I32", "FOO", [3], [1, 2, 3])),
+    ),
 }
 
 
@@ -293,3 +302,55 @@ def test_shared_memory_parameters_answer_alike(
     theirs = send(servers["triton"].http_url, "POST", path, body, headers)
     ours = send(servers["ours"].http_url, "POST", path, body, headers)
     assert comparable(ours, path) == comparable(theirs, path)
+
+
+def _grpc_echo(*extra: Any) -> Any:
+    message = pb.ModelInferRequest(model_name="echo")
+    message.inputs.add(name="I32", datatype="INT32", shape=[3])
+    message.inputs.add(name="S", datatype="BYTES", shape=[2])
+    message.raw_input_contents.extend(
+        [
+            np.array([1, 2, 3], dtype="<i4").tobytes(),
+            b"".join(struct.pack("<I", len(c)) + c for c in (b"a", b"bc")),
+        ]
+    )
+    for tensor, raw in extra:
+        message.inputs.append(tensor)
+        if raw is not None:
+            message.raw_input_contents.append(raw)
+    return message
+
+
+GRPC_PARAMETERS = [
+    ("priority", "int64_param", -1),
+    ("priority", "uint64_param", 2**64 - 1),
+    ("timeout", "uint64_param", 7),
+    ("timeout", "string_param", "s"),
+    ("timeout", "int64_param", -1),
+    ("sequence_id", "uint64_param", 7),
+    ("custom", "uint64_param", 7),
+    ("custom", "double_param", 1.5),
+    ("triton_enable_empty_final_response", "int64_param", 1),
+]
+
+
+@pytest.mark.parametrize(("key", "kind", "value"), GRPC_PARAMETERS)
+def test_grpc_request_parameters_are_typed_alike(
+    servers: dict[str, Any], key: str, kind: str, value: Any
+) -> None:
+    message = _grpc_echo()
+    setattr(message.parameters[key], kind, value)
+    ours = _grpc_answer(servers["ours"].grpc_url, message)
+    assert ours == _grpc_answer(servers["triton"].grpc_url, message)
+
+
+@pytest.mark.parametrize("case", ["repeated-name", "unknown-datatype"])
+def test_grpc_inputs_are_refused_alike(servers: dict[str, Any], case: str) -> None:
+    tensor = pb.ModelInferRequest.InferInputTensor
+    if case == "repeated-name":  # refused before its missing data is looked for
+        message = _grpc_echo((tensor(name="I32", datatype="INT32", shape=[1]), None))
+    else:  # reported by the core's datatype check, as '<invalid>'
+        message = _grpc_echo((tensor(name="B", datatype="FOO", shape=[1]), b"\0"))
+        message.model_name = "echo_optional"
+    ours = _grpc_answer(servers["ours"].grpc_url, message)
+    assert ours == _grpc_answer(servers["triton"].grpc_url, message)

@@ -149,6 +149,56 @@ def test_typed_element_count_must_match_the_shape() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("key", "kind", "value", "words"),
+    [
+        (
+            "timeout",
+            "uint64_param",
+            7,
+            "invalid value type for 'timeout' parameter, expected int64_param.",
+        ),
+        (
+            "sequence_id",
+            "uint64_param",
+            7,
+            "invalid value type for 'sequence_id' parameter, expected int64_param or string_param.",
+        ),
+        (
+            "custom",
+            "uint64_param",
+            7,
+            "invalid value type for 'custom' parameter, expected int64_param, bool_param, or string_param.",
+        ),
+        ("priority", "int64_param", -1, "invalid value for 'priority', expected value >= 0."),
+        (
+            grpc_codec.EMPTY_FINAL_RESPONSE,
+            "int64_param",
+            1,
+            f"invalid value type for '{grpc_codec.EMPTY_FINAL_RESPONSE}' parameter, expected bool_param.",
+        ),
+    ],
+)
+def test_request_parameters_take_the_kinds_triton_takes(
+    key: str, kind: str, value: object, words: str
+) -> None:
+    message = _request(Tensor(name="X", datatype="INT32", shape=[1]), raw=[b"\0" * 4])
+    setattr(message.parameters[key], kind, value)
+    error = _error(message)
+    assert (error.code, error.message) == (Code.INVALID_ARG, words)
+
+
+def test_a_repeated_input_is_refused_before_its_data_is_looked_for() -> None:
+    message = _request(
+        Tensor(name="X", datatype="INT32", shape=[1]),
+        Tensor(name="X", datatype="INT32", shape=[1]),
+        raw=[b"\0" * 4],
+    )
+    assert (
+        _error(message).message == "[request id: <id_unknown>] input 'X' already exists in request"
+    )
+
+
 def test_request_parameters_priority_timeout_and_reserved_keys() -> None:
     message = _request(Tensor(name="X", datatype="INT32", shape=[1]), raw=[b"\0" * 4])
     message.parameters["priority"].uint64_param = 2
