@@ -12,13 +12,17 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
     """Fill ``batch_size`` and raise INVALID_ARG on anything the model cannot take.
 
     The order of the checks, and which input a message names first, follow Triton's core:
-    the input count, unknown names, the batch dimension, then each input's datatype and shape
-    (Triton walks the inputs in its hash map's order, which for two inputs is the reverse of
-    the request's).
-    """
+    the requested outputs, the input count, unknown names, the batch dimension, then each
+    input's datatype, shape and contents (Triton walks the inputs in its hash map's order,
+    which for two inputs is the reverse of the request's)."""
     prefix = request_prefix(request.id)
     name = view.name
     inputs = view.inputs
+    # Triton's core settles the requested outputs before it looks at the inputs.
+    if request.outputs is not None:
+        for output in request.outputs:
+            if output.name not in view.outputs:
+                raise invalid_arg(f"unexpected inference output '{output.name}' for model '{name}'")
     given: set[str] = set()
     for tensor in request.inputs:
         if tensor.name in given:
@@ -95,10 +99,6 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
         if tensor.content_error is not None:
             raise tensor.content_error
     request.batch_size = max(batch, 1)
-    if request.outputs is not None:
-        for output in request.outputs:
-            if output.name not in view.outputs:
-                raise invalid_arg(f"unexpected inference output '{output.name}' for model '{name}'")
     if view.decoupled and request.response_queue is None:
         raise unsupported("ModelInfer RPC doesn't support models with decoupled transaction policy")
 

@@ -183,6 +183,15 @@ CASES: dict[str, tuple[str, tuple[bytes, dict[str, str]]]] = {
         ),
     ),
     "optional-left-out": ("echo_optional", _json(NUMBERS, STRINGS)),
+    # Requested outputs are settled before the inputs are counted.
+    "unknown-output-and-missing-input": (
+        "echo_optional",
+        _json(STRINGS, outputs=[{"name": "NOPE"}]),
+    ),
+    "unknown-output-and-wrong-shape": (
+        "echo",
+        _json(_tensor("I32", "INT32", [3, 1], [1, 2, 3]), STRINGS, outputs=[{"name": "NOPE"}]),
+    ),
     # A name already in the request is refused before anything else of that input is read.
     "repeated-input-short-data": (
         "echo",
