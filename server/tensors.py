@@ -148,11 +148,16 @@ def check_bytes_count(
             f"input '{name}' for model '{model}', got {got}"
         )
     if got > expected:
-        raise invalid_arg(
-            f"{request_prefix(request_id)}unexpected number of string elements {got} for "
-            f"inference input '{name}' for model '{model}', expecting {expected}"
-        )
+        raise _surplus_string(expected, name, model, request_id)
     return array.reshape(shape)
+
+
+def _surplus_string(expected: int, name: str, model: str, request_id: str) -> Exception:
+    # Triton stops at the first element past the count, so it always names that one.
+    return invalid_arg(
+        f"{request_prefix(request_id)}unexpected number of string elements {expected + 1} for "
+        f"inference input '{name}' for model '{model}', expecting {expected}"
+    )
 
 
 def deserialize_bytes(
@@ -162,9 +167,11 @@ def deserialize_bytes(
     model: str,
     request_id: str = "",
 ) -> np.ndarray:
-    """Parse length-prefixed elements with Triton's checks, in Triton's order: the whole
-    buffer is walked first, then the element count is judged, and only a right count
-    reports a length prefix that claims more bytes than remain."""
+    """Parse length-prefixed elements with Triton's checks, in Triton's order: the buffer
+    is walked until an element past the shape's count (refused at once), then a short
+    count is judged, and only a right count reports a length prefix that claims more bytes
+    than remain."""
+    expected = element_count(shape)
     view = memoryview(buffer)
     total = len(view)
     items: list[bytes] = []
@@ -181,6 +188,8 @@ def deserialize_bytes(
             )
         (length,) = unpack(view, offset)
         offset += 4
+        if len(items) == expected:
+            raise _surplus_string(expected, name, model, request_id)
         if length > total - offset:
             overrun = (length, total - offset)
             items.append(b"")

@@ -20,7 +20,6 @@ from server.tensors import (
     BYTES,
     NUMPY_DTYPES,
     check_bytes_count,
-    check_new_input,
     deferred_contents,
     element_count,
     from_buffer,
@@ -196,11 +195,18 @@ def decode_infer_request(message: Any) -> InferRequest:
     use_raw = len(raw) > 0
     raw_index = 0
     inputs = request.inputs
+    # Triton adds every input to the request before it reads any input's data.
+    names: set[str] = set()
+    for tensor in message.inputs:
+        if tensor.name in names:
+            raise invalid_arg(
+                f"{request_prefix(request.id)}input '{tensor.name}' already exists in request"
+            )
+        names.add(tensor.name)
     for tensor in message.inputs:
         name = tensor.name
         datatype = tensor.datatype
         dims = tuple(tensor.shape)
-        check_new_input(request, name)
         params = parameters_to_dict(tensor.parameters) if tensor.parameters else {}
         has_contents = tensor.HasField("contents")
         if REGION in params:
@@ -239,18 +245,14 @@ def decode_infer_request(message: Any) -> InferRequest:
                 )
                 continue
         elif has_contents:
-            data = _from_contents(tensor.contents, datatype, dims, name, request)
-            if datatype == BYTES and data is not _EMPTY:
-                inputs.append(
-                    deferred_contents(
-                        name,
-                        datatype,
-                        dims,
-                        params,
-                        check_bytes_count,
-                        *(data, dims, name, model, request.id),
-                    )
-                )
+            values = _typed_contents(tensor.contents, datatype, dims, name, request)
+            if values is None:
+                data = _EMPTY
+            else:
+                # Triton's core checks the count, as for raw contents (``deferred_contents``).
+                check = check_bytes_count if datatype == BYTES else _typed_array
+                args = (values, dims, name, model, request.id)
+                inputs.append(deferred_contents(name, datatype, dims, params, check, *args))
                 continue
         else:
             raise _missing_data(name, model)
@@ -308,40 +310,59 @@ def _check_shm_parameters(params: Mapping[str, Any], name: str) -> None:
         )
 
 
-def _from_contents(
+def _typed_contents(
     contents: Any, datatype: str, dims: tuple[int, ...], name: str, request: InferRequest
-) -> np.ndarray:
+) -> np.ndarray | None:
+    """The flat values of an input's typed contents (a BYTES array, or the numbers as the
+    datatype), None for a shape with a negative dimension, which validation reports."""
     model = request.model_name
     expected_field = _CONTENTS_FIELD.get(datatype)
+    supplied = False
+    # Set fields come in field-number order, as Triton walks them: another kind of data
+    # after the datatype's own is refused in other words than one before it.
     for field, _ in contents.ListFields():
-        if field.name != expected_field:
-            shown = datatype if datatype in NUMPY_DTYPES else "<invalid>"
+        if field.name == expected_field:
+            supplied = True
+            continue
+        if supplied:
             raise invalid_arg(
-                f"unexpected explicit tensor data for input tensor '{name}' for model '{model}' of "
-                f"type '{_FIELD_DATATYPE[field.name]}', expected datatype '{shown}'"
+                f"unexpected explicit tensor data for input tensor '{name}' for model '{model}', "
+                "binary data was already supplied."
             )
+        shown = datatype if datatype in NUMPY_DTYPES else "<invalid>"
+        raise invalid_arg(
+            f"unexpected explicit tensor data for input tensor '{name}' for model '{model}' of "
+            f"type '{_FIELD_DATATYPE[field.name]}', expected datatype '{shown}'"
+        )
     if expected_field is None:
+        if datatype not in NUMPY_DTYPES:
+            return None  # validation names the datatype '<invalid>', as Triton's core does
         # FP16 and BF16 have no typed field; an empty contents message lands here.
         raise _missing_data(name, model)
     if any(d < 0 for d in dims):
-        return _EMPTY
+        return None
     values = getattr(contents, expected_field)
-    count = element_count(dims)
     if datatype == BYTES:
-        # Flat: the caller checks the count (``deferred_contents``).
         array = np.empty(len(values), dtype=object)
         array[:] = list(values)
         return array
-    dtype = NUMPY_DTYPES[datatype]
-    if len(values) != count:
-        raise invalid_arg(
-            f"{request_prefix(request.id)}input byte size mismatch for input '{name}' for model "
-            f"'{model}'. Expected {count * dtype.itemsize}, got {len(values) * dtype.itemsize}"
-        )
     try:
-        return np.asarray(values, dtype=dtype).reshape(dims)
+        return np.asarray(values, dtype=NUMPY_DTYPES[datatype])
     except OverflowError:
         raise invalid_arg(f"values of input '{name}' do not fit datatype {datatype}") from None
+
+
+def _typed_array(
+    values: np.ndarray, dims: tuple[int, ...], name: str, model: str, request_id: str
+) -> np.ndarray:
+    count = element_count(dims)
+    if len(values) != count:
+        size = values.dtype.itemsize
+        raise invalid_arg(
+            f"{request_prefix(request_id)}input byte size mismatch for input '{name}' for model "
+            f"'{model}'. Expected {count * size}, got {len(values) * size}"
+        )
+    return values.reshape(dims)
 
 
 def _decode_output(output: Any) -> RequestedOutput:

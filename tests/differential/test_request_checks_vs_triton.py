@@ -137,6 +137,10 @@ CASES: dict[str, tuple[str, tuple[bytes, dict[str, str]]]] = {
         _json(NUMBERS, STRINGS, outputs=[{"name": "OS", "parameters": [{"binary_data": 5}]}]),
     ),
     # Contents are checked after the whole document is read, and after each input's shape.
+    "bytes-surplus-named-at-the-first": (
+        "echo",
+        _json(NUMBERS, _tensor("S", "BYTES", [2], ["a", "b", "c", "d", "e"])),
+    ),
     "bytes-count-then-bad-output": (
         "echo",
         _json(NUMBERS, _tensor("S", "BYTES", [2], ["a", "b", "c"]), outputs=[{"name": 5}]),
@@ -363,3 +367,27 @@ def test_grpc_inputs_are_refused_alike(servers: dict[str, Any], case: str) -> No
         message.model_name = "echo_optional"
     ours = _grpc_answer(servers["ours"].grpc_url, message)
     assert ours == _grpc_answer(servers["triton"].grpc_url, message)
+
+
+def test_grpc_typed_contents_are_checked_as_raw_ones(servers: dict[str, Any]) -> None:
+    tensor = pb.ModelInferRequest.InferInputTensor
+    message = pb.ModelInferRequest(model_name="echo")
+    numbers = tensor(name="I32", datatype="INT32", shape=[3])
+    numbers.contents.int_contents.extend([1, 2, 3])
+    numbers.contents.bytes_contents.append(b"z")  # after the datatype's own field
+    strings = tensor(name="S", datatype="BYTES", shape=[2])
+    strings.contents.bytes_contents.extend([b"a", b"b", b"c", b"d"])
+    message.inputs.extend([numbers, strings])
+    for change in ("mixed fields", "surplus strings", "short numbers"):
+        if change == "surplus strings":
+            numbers.contents.ClearField("bytes_contents")
+            message.inputs[0].CopyFrom(numbers)
+        if change == "short numbers":
+            numbers.contents.ClearField("int_contents")
+            numbers.contents.int_contents.extend([1, 2])
+            strings.contents.ClearField("bytes_contents")
+            strings.contents.bytes_contents.extend([b"a"])
+            message.inputs[0].CopyFrom(numbers)
+            message.inputs[1].CopyFrom(strings)
+        ours = _grpc_answer(servers["ours"].grpc_url, message)
+        assert ours == _grpc_answer(servers["triton"].grpc_url, message), change

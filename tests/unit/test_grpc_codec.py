@@ -140,7 +140,10 @@ def test_typed_field_of_the_wrong_type_names_both_types() -> None:
 def test_typed_element_count_must_match_the_shape() -> None:
     tensor = Tensor(name="X", datatype="INT32", shape=[3])
     tensor.contents.int_contents.extend([1, 2])
-    assert _error(_request(tensor)).code == Code.INVALID_ARG
+    assert _content_error(_request(tensor)).message == (
+        "[request id: <id_unknown>] input byte size mismatch for input 'X' for model 'm'. "
+        "Expected 12, got 8"
+    )
     strings = Tensor(name="S", datatype="BYTES", shape=[2])
     strings.contents.bytes_contents.append(b"x")
     assert _content_error(_request(strings)).message == (

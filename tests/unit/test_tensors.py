@@ -70,6 +70,19 @@ def _prefixed(length: int, data: bytes) -> bytes:
             "[request id: r1] unexpected number of string elements 2 for inference input 'IN' "
             "for model 'm', expecting 1",
         ),
+        # Triton stops at the first element past the count, so it names that one.
+        (
+            _prefixed(1, b"a") * 5,
+            (2,),
+            "[request id: r1] unexpected number of string elements 3 for inference input 'IN' "
+            "for model 'm', expecting 2",
+        ),
+        (
+            _prefixed(1, b"a") * 2 + _prefixed(9, b"x"),
+            (2,),
+            "[request id: r1] unexpected number of string elements 3 for inference input 'IN' "
+            "for model 'm', expecting 2",
+        ),
         (
             b"",
             (1,),
