@@ -14,7 +14,8 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
     The order of the checks, and which input a message names first, follow Triton's core:
     the requested outputs, the input count, unknown names, the batch dimension, then each
     input's datatype, shape and contents (Triton walks the inputs in its hash map's order,
-    which for two inputs is the reverse of the request's)."""
+    which for two inputs is the reverse of the request's), and last a required input left
+    out of a request whose input count is in range, which Triton does not check."""
     prefix = request_prefix(request.id)
     name = view.name
     inputs = view.inputs
@@ -47,15 +48,6 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
     for tensor in request.inputs:
         if tensor.name not in inputs:
             raise invalid_arg(f"unexpected inference input '{tensor.name}' for model '{name}'")
-    if missing:
-        raise invalid_arg(
-            f"{prefix}expected {expected} but got {len(request.inputs)} inputs for model "
-            f"'{name}'. Got input(s) ["
-            + ",".join(f"'{t.name}'" for t in request.inputs)
-            + "], but missing required input(s) ["
-            + ",".join(f"'{n}'" for n in missing)
-            + "]. Please provide all required input(s)."
-        )
     ordered = request.inputs[::-1]
     batch = 0
     max_batch = view.max_batch_size
@@ -98,6 +90,18 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
             _shape_error(prefix, tensor.name, name, view, spec.dims, shape)
         if tensor.content_error is not None:
             raise tensor.content_error
+    if missing:
+        # With the count in range, Triton's core does not look for a missing required input
+        # (the model gets the request without it). It is refused here, after every check
+        # Triton makes, so that a request Triton refuses is refused with Triton's words.
+        raise invalid_arg(
+            f"{prefix}expected {expected} but got {len(request.inputs)} inputs for model "
+            f"'{name}'. Got input(s) ["
+            + ",".join(f"'{t.name}'" for t in request.inputs)
+            + "], but missing required input(s) ["
+            + ",".join(f"'{n}'" for n in missing)
+            + "]. Please provide all required input(s)."
+        )
     request.batch_size = max(batch, 1)
     if view.decoupled and request.response_queue is None:
         raise unsupported("ModelInfer RPC doesn't support models with decoupled transaction policy")

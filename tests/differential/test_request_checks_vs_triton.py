@@ -187,6 +187,10 @@ CASES: dict[str, tuple[str, tuple[bytes, dict[str, str]]]] = {
         ),
     ),
     "optional-left-out": ("echo_optional", _json(NUMBERS, STRINGS)),
+    "required-missing-and-wrong-datatype": (
+        "echo_optional",
+        _json(STRINGS, _tensor("B", "FP32", [1], [1.0])),
+    ),
     # Requested outputs are settled before the inputs are counted.
     "unknown-output-and-missing-input": (
         "echo_optional",
