@@ -306,20 +306,22 @@ class _Scanner:
                 self.fail(MISS_COMMA_ARRAY)
 
     def number(self) -> None:
-        start = self.pos
         if self.peek() == ord("-"):
             self.pos += 1
         c = self.peek()
+        # RapidJSON consumes what matches and reports where it stopped.
         if c == ord("N"):
-            self._word(b"NaN", start)
+            if not self._consume(b"NaN"):
+                self.fail(INVALID_VALUE)
             return
         if c == ord("I"):
-            self._word(b"Inf", start)
-            if self.data.startswith(b"inity", self.pos):
-                self.pos += 5
+            if not self._consume(b"Inf"):
+                self.fail(INVALID_VALUE)
+            if self.peek() == ord("i") and not self._consume(b"inity"):
+                self.fail(INVALID_VALUE)
             return
         if c not in _DIGITS or self.pos >= len(self.data):
-            self.fail(INVALID_VALUE, start)
+            self.fail(INVALID_VALUE)
         if c == ord("0"):
             self.pos += 1
         else:
@@ -337,10 +339,13 @@ class _Scanner:
                 self.fail(MISS_EXPONENT)
             self._digits()
 
-    def _word(self, word: bytes, start: int) -> None:
-        if not self.data.startswith(word, self.pos):
-            self.fail(INVALID_VALUE, start)
-        self.pos += len(word)
+    def _consume(self, word: bytes) -> bool:
+        """Step over as much of ``word`` as the document holds; whether it held all of it."""
+        for byte in word:
+            if self.peek() != byte or self.pos >= len(self.data):
+                return False
+            self.pos += 1
+        return True
 
     def _digits(self) -> None:
         data, pos = self.data, self.pos

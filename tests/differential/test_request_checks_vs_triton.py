@@ -110,6 +110,10 @@ def _sized(name: str, datatype: str, shape: list[int], size: int) -> dict[str, A
 
 
 CASES: dict[str, tuple[str, tuple[bytes, dict[str, str]]]] = {
+    # JSON syntax errors are placed where RapidJSON stops consuming.
+    "json-minus-alone": ("echo", (b'{"inputs": [-]}', {})),
+    "json-nan-cut": ("echo", (b'{"inputs": -Nab}', {})),
+    "json-infinity-cut": ("echo", (b'{"inputs": [Infinit]}', {})),
     # No elements: no data is read, whatever it holds.
     "zero-elements-ignore-data": ("echo", _json(_tensor("I32", "INT32", [0], "zzz"), STRINGS)),
     "empty-shape-then-shape-error": ("echo", _json(_tensor("I32", "INT32", [], [1, 2]), STRINGS)),
