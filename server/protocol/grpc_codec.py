@@ -314,7 +314,8 @@ def _typed_contents(
     contents: Any, datatype: str, dims: tuple[int, ...], name: str, request: InferRequest
 ) -> np.ndarray | None:
     """The flat values of an input's typed contents (a BYTES array, or the numbers as the
-    datatype), None for a shape with a negative dimension, which validation reports."""
+    datatype); None for a shape with a negative dimension or an unknown datatype, which
+    validation reports."""
     model = request.model_name
     expected_field = _CONTENTS_FIELD.get(datatype)
     supplied = False
