@@ -35,12 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from server.errors import Code, ServerError  # noqa: E402
-from server.tensors import NUMPY_DTYPES  # noqa: E402
+from server.tensors import from_buffer, to_bytes  # noqa: E402
 from server.types import (  # noqa: E402
     InferInput,
     InferRequest,
@@ -53,25 +51,11 @@ _HEAD = struct.Struct("<I")
 READY = "front end listening"
 
 
-def _tensor_bytes(array: np.ndarray) -> bytes:
-    if array.dtype == object:
-        return marshal.dumps([bytes(item) for item in array.reshape(-1)])
-    return np.ascontiguousarray(array).tobytes()
-
-
-def _array(datatype: str, shape: tuple[int, ...], data: bytes) -> np.ndarray:
-    if datatype == "BYTES":
-        items = marshal.loads(data)
-        array = np.empty(len(items), dtype=object)
-        array[:] = items
-        return array.reshape(shape)
-    return np.frombuffer(data, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
-
-
 def encode_request(key: int, request: InferRequest) -> bytes:
     outputs = None if request.outputs is None else [(o.name, o.parameters) for o in request.outputs]
     inputs = [
-        (i.name, i.datatype, i.shape, i.parameters, _tensor_bytes(i.data)) for i in request.inputs
+        (i.name, i.datatype, i.shape, i.parameters, bytes(to_bytes(i.data, i.datatype)))
+        for i in request.inputs
     ]
     body = marshal.dumps(
         (
@@ -93,7 +77,9 @@ def decode_request(body: bytes) -> tuple[int, InferRequest]:
         model_name=model,
         model_version=version,
         inputs=[
-            InferInput(name, datatype, tuple(shape), _array(datatype, tuple(shape), data), params)
+            InferInput(
+                name, datatype, tuple(shape), from_buffer(data, datatype, shape, name), params
+            )
             for name, datatype, shape, params, data in inputs
         ],
         outputs=None if outputs is None else [RequestedOutput(n, p) for n, p in outputs],
@@ -111,7 +97,7 @@ def encode_response(key: int, result: InferResponse | ServerError) -> bytes:
             True,
             (result.model_name, result.model_version, result.id, result.parameters),
             [
-                (o.name, o.datatype, o.shape, o.parameters, _tensor_bytes(o.data))
+                (o.name, o.datatype, o.shape, o.parameters, bytes(to_bytes(o.data, o.datatype)))
                 for o in result.outputs
             ],
         )
@@ -129,7 +115,7 @@ def decode_response(body: bytes) -> tuple[int, InferResponse | ServerError]:
         model,
         version,
         [
-            OutputTensor(name, datatype, tuple(shape), _array(datatype, tuple(shape), data), p)
+            OutputTensor(name, datatype, tuple(shape), from_buffer(data, datatype, shape, name), p)
             for name, datatype, shape, p, data in outputs
         ],
         response_id,

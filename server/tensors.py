@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from server.errors import ServerError, invalid_arg
-from server.types import InferInput, InferRequest
+from server.types import InferInput
 
 try:  # BF16 has no numpy dtype of its own; ml_dtypes gives one when installed.
     from ml_dtypes import bfloat16 as _bfloat16
@@ -224,21 +224,26 @@ def from_buffer(
         raise invalid_arg(f"invalid datatype '{datatype}' for input '{name}'")
     expected = element_count(shape) * dtype.itemsize
     if len(buffer) != expected:
-        raise invalid_arg(
-            f"{request_prefix(request_id)}input byte size mismatch for input '{name}' for model "
-            f"'{model}'. Expected {expected}, got {len(buffer)}"
-        )
+        raise byte_size_mismatch(name, model, request_id, expected, len(buffer))
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
-def check_new_input(request: InferRequest, name: str) -> None:
+def byte_size_mismatch(
+    name: str, model: str, request_id: str, expected: int, got: int
+) -> ServerError:
+    return invalid_arg(
+        f"{request_prefix(request_id)}input byte size mismatch for input '{name}' for model "
+        f"'{model}'. Expected {expected}, got {got}"
+    )
+
+
+def check_new_input(names: set[str], name: str, request_id: str) -> None:
     """Triton adds each input to the request as soon as its name, datatype and shape are
-    read, and refuses a name already there before it looks at anything else of it."""
-    for tensor in request.inputs:
-        if tensor.name == name:
-            raise invalid_arg(
-                f"{request_prefix(request.id)}input '{name}' already exists in request"
-            )
+    read, and refuses a name already there (``names``, which this adds to) before it looks
+    at anything else of it."""
+    if name in names:
+        raise invalid_arg(f"{request_prefix(request_id)}input '{name}' already exists in request")
+    names.add(name)
 
 
 def deferred_contents(

@@ -19,11 +19,12 @@ from server.shm import BYTE_SIZE, REGION
 from server.tensors import (
     BYTES,
     NUMPY_DTYPES,
+    byte_size_mismatch,
     check_bytes_count,
+    check_new_input,
     deferred_contents,
     element_count,
     from_buffer,
-    request_prefix,
     to_bytes,
 )
 from server.types import InferInput, InferRequest, InferResponse, RequestedOutput
@@ -198,11 +199,7 @@ def decode_infer_request(message: Any) -> InferRequest:
     # Triton adds every input to the request before it reads any input's data.
     names: set[str] = set()
     for tensor in message.inputs:
-        if tensor.name in names:
-            raise invalid_arg(
-                f"{request_prefix(request.id)}input '{tensor.name}' already exists in request"
-            )
-        names.add(tensor.name)
+        check_new_input(names, tensor.name, request.id)
     for tensor in message.inputs:
         name = tensor.name
         datatype = tensor.datatype
@@ -359,10 +356,7 @@ def _typed_array(
     count = element_count(dims)
     if len(values) != count:
         size = values.dtype.itemsize
-        raise invalid_arg(
-            f"{request_prefix(request_id)}input byte size mismatch for input '{name}' for model "
-            f"'{model}'. Expected {count * size}, got {len(values) * size}"
-        )
+        raise byte_size_mismatch(name, model, request_id, count * size, len(values) * size)
     return values.reshape(dims)
 
 

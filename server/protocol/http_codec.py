@@ -96,8 +96,9 @@ def decode_infer_request(
     if not isinstance(raw_inputs, list):
         raise _wrong_type("inputs", "array")
     offset = 0
+    names: set[str] = set()
     for item in raw_inputs:
-        tensor, used = _decode_input(item, binary, offset, request)
+        tensor, used = _decode_input(item, binary, offset, request, names)
         offset += used
         request.inputs.append(tensor)
     if offset != len(binary):
@@ -139,7 +140,7 @@ def apply_request_parameters(request: InferRequest, params: dict[str, Any]) -> N
 
 
 def _decode_input(
-    item: Any, binary: memoryview, offset: int, request: InferRequest
+    item: Any, binary: memoryview, offset: int, request: InferRequest, names: set[str]
 ) -> tuple[InferInput, int]:
     fields = item if isinstance(item, dict) else {}
     params = fields.get("parameters")
@@ -170,7 +171,7 @@ def _decode_input(
         # type() rather than isinstance(): a JSON boolean is not a dimension.
         if type(d) is not int or not 0 <= d < 2**63:
             raise _wrong_type("shape", "unsigned-integer")
-    check_new_input(request, name)
+    check_new_input(names, name, request.id)
     if datatype not in NUMPY_DTYPES:
         raise invalid_arg(f"invalid datatype for input {name}")
     dims = tuple(shape)

@@ -27,7 +27,7 @@ from server.protocol.generated import grpc_service_pb2_grpc as pb_grpc
 from tests.differential.conftest import start_triton
 from tests.differential.http_wire import comparable, send
 from tests.harness import run_server
-from tests.models import model_config, write_python_model
+from tests.models import model_config, write_python_identity, write_python_model
 
 pytestmark = pytest.mark.triton
 
@@ -62,24 +62,6 @@ _OPTIONAL = _CONFIG.replace('name: "echo"', 'name: "echo_optional"').replace(
     "input [",
     'input [\n  { name: "B" data_type: TYPE_BOOL dims: [ -1 ] optional: true },',
     1,
-)
-
-
-_PASS = """
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        return [
-            pb_utils.InferenceResponse(
-                [pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())]
-            )
-            for r in requests
-        ]
-"""
-_BATCHED = model_config(
-    "batched", backend="python", inputs=[("IN", "FP32", [-1])], outputs=[("OUT", "FP32", [-1])]
 )
 
 
@@ -120,7 +102,7 @@ CASES: dict[str, tuple[str, tuple[bytes, dict[str, str]]]] = {
     "empty-bytes-shape": ("echo", _json(NUMBERS, _tensor("S", "BYTES", [0], [1]))),
     "empty-shape-with-batching": (
         "batched",
-        _json(_tensor("IN", "FP32", [], [1.0]), outputs=[{"name": "OUT"}]),
+        _json(_tensor("INPUT0", "FP32", [], [1.0]), outputs=[{"name": "OUTPUT0"}]),
     ),
     # JSON elements are walked in order.
     "surplus-before-wrong-kind": (
@@ -221,7 +203,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     repo = tmp_path_factory.mktemp("request_checks")
     write_python_model(repo, "echo", _ECHO, _CONFIG)
     write_python_model(repo, "echo_optional", _ECHO, _OPTIONAL)
-    write_python_model(repo, "batched", _PASS, _BATCHED)
+    write_python_identity(repo, "batched")
     # This tritonserver serves client shared memory without being asked to.
     args = ["--model-repository", str(repo), "--allow-client-shm=true"]
     with run_server(args, services=("http", "grpc")) as ours, start_triton(repo) as theirs:
