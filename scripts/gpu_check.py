@@ -175,7 +175,7 @@ async def _scrape(app: Any) -> str:
 class _DeviceBuffer:
     """Device memory exported for the server, made with tritonclient's CUDA shared-memory
     helpers where they import and with cuda-python's runtime directly otherwise (the helpers
-    need the ``cuda.cudart`` module that cuda-python 13 no longer has)."""
+    before tritonclient 2.73 need the ``cuda.cudart`` module that cuda-python 13 no longer has)."""
 
     helper = ""
 

@@ -458,3 +458,12 @@ def sample_array(
     else:
         values = rng.uniform(-100, 100, size).astype(dtype)
     return values.reshape(tuple(shape))
+
+
+def bf16_client_array(values: np.ndarray | Sequence[float]) -> np.ndarray:
+    """Floats exact in BF16, as the installed tritonclient takes and gives BF16 tensors:
+    ``ml_dtypes.bfloat16`` arrays from r26.06 (2.73) on, float32 (packed by truncation)
+    before. Compare what ``as_numpy`` gives back after ``.astype(np.float32)``."""
+    from tritonclient.utils import triton_to_np_dtype
+
+    return np.asarray(values, dtype=np.float32).astype(triton_to_np_dtype("BF16"))

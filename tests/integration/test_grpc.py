@@ -21,7 +21,7 @@ from server.protocol.generated import grpc_service_pb2 as pb
 from server.protocol.generated import grpc_service_pb2_grpc as pb_grpc
 from server.protocol.generated import health_pb2, health_pb2_grpc
 from tests.harness import ServerProcess, run_server
-from tests.models import ROOT, copy_bundled_model, write_onnx_identity
+from tests.models import ROOT, bf16_client_array, copy_bundled_model, write_onnx_identity
 
 PYTHON_MODELS = ROOT / "tests" / "python_models"
 
@@ -150,16 +150,16 @@ def test_bytes_round_trip_and_a_50_mib_response(client: grpcclient.InferenceServ
 
 
 def test_bf16_round_trip(client: grpcclient.InferenceServerClient) -> None:
-    # tritonclient packs BF16 from float32 by truncation; these floats survive it exactly.
+    # Floats cut to their upper half, which BF16 holds exactly.
     floats = np.array([[1.5, -2.0, 3.25, 0.0], [-0.0, 65280.0, 1e-38, -7.0]], dtype=np.float32)
     floats = ((floats.view(np.uint32) >> 16) << 16).view(np.float32)
     tensor = grpcclient.InferInput("INPUT0", [2, 4], "BF16")
-    tensor.set_data_from_numpy(floats)
+    tensor.set_data_from_numpy(bf16_client_array(floats))
     result = client.infer("identity_bf16", [tensor])
     assert result.get_output("OUTPUT0").datatype == "BF16"
     raw = result.get_response().raw_output_contents[0]
     assert raw == (floats.view(np.uint32) >> 16).astype("<u2").tobytes()
-    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), floats)
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0").astype(np.float32), floats)
 
 
 def test_non_utf8_bytes_into_onnxruntime_are_invalid_argument(stub: Any) -> None:

@@ -119,11 +119,11 @@ def test_every_datatype_round_trips(
     data = models.sample_array(datatype, (2, 3))
     tensor = httpclient.InferInput("INPUT0", [2, 3], datatype)
     if datatype == "BF16":
-        # tritonclient packs BF16 from float32 by truncation; these floats survive it exactly.
+        # The raw patterns as floats, which BF16 holds exactly.
         floats = (data.astype(np.uint32) << 16).view(np.float32)
-        tensor.set_data_from_numpy(floats)
+        tensor.set_data_from_numpy(models.bf16_client_array(floats))
         result = client.infer("id_bf16", [tensor])
-        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), floats)
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0").astype(np.float32), floats)
         return
     tensor.set_data_from_numpy(data)
     result = client.infer(f"id_{datatype.lower()}", [tensor])

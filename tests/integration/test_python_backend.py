@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from server.devices import DeviceLayer
 from tests.harness import ServerProcess, run_server
-from tests.models import model_config, write_python_model
+from tests.models import bf16_client_array, model_config, write_python_model
 from tests.python_models import build_repository
 
 
@@ -272,11 +272,11 @@ def test_bf16_tensors_through_dlpack(tmp_path: Path) -> None:
         for module, url in ((httpclient, srv.http_url), (grpcclient, srv.grpc_url)):
             client = module.InferenceServerClient(url)
             tensor = module.InferInput("IN", [4], "BF16")
-            tensor.set_data_from_numpy(given)
+            tensor.set_data_from_numpy(bf16_client_array(given))
             result = client.infer("py_bf16", [tensor])
             output = result.get_output("DOUBLED")
             assert (output["datatype"] if module is httpclient else output.datatype) == "BF16"
-            assert result.as_numpy("DOUBLED").tolist() == (given * 2).tolist()
+            assert result.as_numpy("DOUBLED").astype(np.float32).tolist() == (given * 2).tolist()
             assert result.as_numpy("WIDENED").dtype == np.float32
             assert result.as_numpy("WIDENED").tolist() == (given * 2).tolist()
             client.close()

@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.harness import ServerProcess, run_server
-from tests.models import model_config, write_config, write_onnx_add_sub
+from tests.models import bf16_client_array, model_config, write_config, write_onnx_add_sub
 
 
 def _torch_importable() -> bool:
@@ -321,13 +321,13 @@ if HAVE_TORCH:
         for module, url in ((httpclient, server.http_url), (grpcclient, server.grpc_url)):
             client = module.InferenceServerClient(url)
             tensor = module.InferInput("INPUT__0", [2, 4], "BF16")
-            tensor.set_data_from_numpy(given)  # tritonclient sends FP32 values as BF16
+            tensor.set_data_from_numpy(bf16_client_array(given))
             result = client.infer("pt_bf16", [tensor])
             # Every value here is exact in BF16, so the answers are too.
-            assert result.as_numpy("OUTPUT__0").tolist() == (given * 2).tolist()
+            assert result.as_numpy("OUTPUT__0").astype(np.float32).tolist() == (given * 2).tolist()
             assert result.as_numpy("OUTPUT__1").dtype == np.float32
             assert result.as_numpy("OUTPUT__1").tolist() == (given * 2).tolist()
-            assert result.as_numpy("OUTPUT__2").tolist() == (given / 2).tolist()
+            assert result.as_numpy("OUTPUT__2").astype(np.float32).tolist() == (given / 2).tolist()
             client.close()
 
 else:

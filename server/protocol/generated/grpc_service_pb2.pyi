@@ -1,4 +1,4 @@
-# grpc_service_pb2.pyi: generated from proto/ by scripts/gen_protos.py with grpcio-tools 1.85.1. Do not edit.
+# grpc_service_pb2.pyi: generated from proto/ by scripts/gen_protos.py with grpcio-tools 1.81.1. Do not edit.
 from . import model_config_pb2 as _model_config_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor

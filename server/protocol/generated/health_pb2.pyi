@@ -1,4 +1,4 @@
-# health_pb2.pyi: generated from proto/ by scripts/gen_protos.py with grpcio-tools 1.85.1. Do not edit.
+# health_pb2.pyi: generated from proto/ by scripts/gen_protos.py with grpcio-tools 1.81.1. Do not edit.
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message

@@ -1,4 +1,4 @@
-# model_config_pb2.pyi: generated from proto/ by scripts/gen_protos.py with grpcio-tools 1.85.1. Do not edit.
+# model_config_pb2.pyi: generated from proto/ by scripts/gen_protos.py with grpcio-tools 1.81.1. Do not edit.
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
