@@ -46,8 +46,9 @@ Facts = dict[tuple[str, str], tuple[object, ...]]
 OPTIONAL, REPEATED = F.LABEL_OPTIONAL, F.LABEL_REPEATED
 DURATION = ".inference.StatisticDuration"
 
-# Published by Triton after tritonclient 2.41 (checked against tritonclient
-# 2.73's descriptors): (number, type, label, type name, oneof).
+# Published by Triton after tritonclient 2.41: (number, type, label, type name, oneof).
+# tritonclient 2.73, which the tests install, defines them too (with these facts); the
+# list keeps the contract checkable against an older client's descriptors.
 NEWER_THAN_ORACLE: Facts = {
     ("field", "inference.ModelInput.is_non_linear_format_io"): (9, F.TYPE_BOOL, OPTIONAL, "", ""),
     ("field", "inference.ModelOutput.is_non_linear_format_io"): (7, F.TYPE_BOOL, OPTIONAL, "", ""),
