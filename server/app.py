@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from server import collector
 from server.cli import Settings
 from server.core import Core, CoreOptions
 from server.devices import DeviceLayer, default_layer
@@ -258,6 +259,8 @@ async def serve(settings: Settings) -> int:
         await core.manager.unload_all(drain_timeout=1.0)
         return 1
     core.started = True
+    collector.tune()
+    collector.settle()
     app = ServerApp(settings, core)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from server import __version__
+from server import __version__, collector
 from server.errors import Code, ServerError, internal, invalid_arg, unavailable
 from server.repository.config import config_to_json_dict, parse_config_json
 from server.repository.manager import LoadedVersion, ModelManager
@@ -341,12 +341,18 @@ class Core:
                 files[key[len("file:") :]] = value if isinstance(value, bytes) else _b64(value, key)
         if files and override is None:
             raise internal(f"failed to load '{name}', failed to poll from model repository")
-        await self.manager.load(name, override, files or None)
+        try:
+            await self.manager.load(name, override, files or None)
+        finally:
+            collector.settle()
 
     async def unload_model(self, name: str, parameters: dict[str, Any]) -> None:
         if self.options.model_control_mode != "explicit":
             raise unavailable("explicit model load / unload is not allowed if polling is enabled")
-        await self.manager.unload(name)
+        try:
+            await self.manager.unload(name)
+        finally:
+            collector.settle()
 
 
 def _output_datatype(array: np.ndarray, spec: TensorSpec | None, name: str, model: str) -> str:

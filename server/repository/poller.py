@@ -11,6 +11,7 @@ import logging
 import os
 from pathlib import Path
 
+from server import collector
 from server.errors import ServerError
 from server.repository.manager import ModelManager
 
@@ -33,6 +34,13 @@ def tree_mtime(path: Path) -> float:
 
 
 async def poll_once(manager: ModelManager) -> None:
+    if await _apply_changes(manager):
+        collector.settle()
+
+
+async def _apply_changes(manager: ModelManager) -> bool:
+    """Load what is new or changed and unload what is gone; whether anything was."""
+    changed = False
     found = manager.scan()
     for name in sorted(manager.models):
         entry = manager.models[name]
@@ -40,6 +48,7 @@ async def poll_once(manager: ModelManager) -> None:
             continue  # loaded from an API override, not from the repository
         if name not in found:
             log.info("model '%s' was removed from the repository; unloading it", name)
+            changed = True
             await manager.unload(name)
             manager.models.pop(name, None)
             continue
@@ -48,6 +57,7 @@ async def poll_once(manager: ModelManager) -> None:
         if not never_tried and stamp <= entry.mtime:
             continue
         log.info("model '%s' %s; loading it", name, "is new" if never_tried else "changed")
+        changed = True
         try:
             await manager.load(name)
         except ServerError as exc:
@@ -55,3 +65,4 @@ async def poll_once(manager: ModelManager) -> None:
         # Remember what was tried, so a broken model is retried only once its files change.
         entry = manager.models.get(name, entry)
         entry.mtime = max(entry.mtime, stamp)
+    return changed
