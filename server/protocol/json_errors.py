@@ -35,6 +35,7 @@ MISS_QUOTE = "Missing a closing quotation mark in string."
 BAD_ENCODING = "Invalid encoding in string."
 MISS_FRACTION = "Miss fraction part in number."
 MISS_EXPONENT = "Miss exponent in number."
+NUMBER_TOO_BIG = "Number too big to be stored in double."
 # Not one of RapidJSON's: its recursive parser has no such limit, Python's does.
 TOO_DEEP = "The document nests deeper than 1000 levels."
 
@@ -160,6 +161,44 @@ def _plain(value: Any) -> Any:
     if isinstance(value, simdjson.Array):
         return value.as_list()
     return value
+
+
+# RapidJSON's overflow checks (kParseErrorNumberTooBig, reported at the number's first byte),
+# which are all it has: a number past the largest double that passes them reads as infinity.
+# - An integer part past 64 bits is summed as a double that must stay below this before each
+#   further digit.
+_LARGEST_BEFORE_A_DIGIT = 1.7976931348623157e307
+# - A positive exponent may not pass 308 plus the fraction digits taken into the significand,
+#   whatever the digits (so 0e400 is refused and 1.5e309 is infinity).
+
+
+def _fraction_digits(integer: bytes, fraction: bytes, minus: bool) -> int:
+    """How many fraction digits RapidJSON folds into the significand: while it fits 53 bits
+    and then until 17 significant digits (none once the integer part left 64 bits)."""
+    if len(integer) > 20 or int(integer) > (2**63 if minus else 2**64 - 1):
+        return 0
+    value, significant, taken = int(integer), len(integer) - 1, 0
+    for digit in fraction:
+        if value > 2**53 - 1:
+            break
+        value = value * 10 + digit - ord("0")
+        taken += 1
+        significant += value != 0
+    seen_nonzero = value != 0
+    for digit in fraction[taken:]:
+        if significant >= 17:
+            break
+        taken += 1
+        seen_nonzero = seen_nonzero or digit != ord("0")
+        significant += seen_nonzero
+    return taken
+
+
+def _exceeds(digits: bytes, limit: int) -> bool:
+    """Whether the decimal ``digits`` (of any length) name a number above ``limit``."""
+    digits = digits.lstrip(b"0")
+    bound = str(limit).encode()
+    return len(digits) > len(bound) or (len(digits) == len(bound) and digits > bound)
 
 
 def _constant(token: str) -> float:
@@ -306,6 +345,7 @@ class _Scanner:
                 self.fail(MISS_COMMA_ARRAY)
 
     def number(self) -> None:
+        start = self.pos
         if self.peek() == ord("-"):
             self.pos += 1
         c = self.peek()
@@ -322,22 +362,34 @@ class _Scanner:
             return
         if c not in _DIGITS or self.pos >= len(self.data):
             self.fail(INVALID_VALUE)
+        begin = self.pos
         if c == ord("0"):
             self.pos += 1
         else:
             self._digits()
+        integer = self.data[begin : self.pos]
+        if len(integer) > 1 and float(integer[:-1]) >= _LARGEST_BEFORE_A_DIGIT:
+            self.fail(NUMBER_TOO_BIG, start)
+        fraction = b""
         if self.peek() == ord("."):
             self.pos += 1
             if self.peek() not in _DIGITS or self.pos >= len(self.data):
                 self.fail(MISS_FRACTION)
+            begin = self.pos
             self._digits()
+            fraction = self.data[begin : self.pos]
         if self.peek() in (ord("e"), ord("E")) and self.pos < len(self.data):
             self.pos += 1
+            negative = self.peek() == ord("-")
             if self.peek() in (ord("+"), ord("-")):
                 self.pos += 1
             if self.peek() not in _DIGITS or self.pos >= len(self.data):
                 self.fail(MISS_EXPONENT)
+            begin = self.pos
             self._digits()
+            limit = 308 + _fraction_digits(integer, fraction, self.data[start] == ord("-"))
+            if not negative and _exceeds(self.data[begin : self.pos], limit):
+                self.fail(NUMBER_TOO_BIG, start)
 
     def _consume(self, word: bytes) -> bool:
         """Step over as much of ``word`` as the document holds; whether it held all of it."""

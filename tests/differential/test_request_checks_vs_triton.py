@@ -96,6 +96,25 @@ CASES: dict[str, tuple[str, tuple[bytes, dict[str, str]]]] = {
     "json-minus-alone": ("echo", (b'{"inputs": [-]}', {})),
     "json-nan-cut": ("echo", (b'{"inputs": -Nab}', {})),
     "json-infinity-cut": ("echo", (b'{"inputs": [Infinit]}', {})),
+    # RapidJSON's overflow checks, and a number past the largest double that passes them.
+    "json-exponent-too-big": ("echo", (b'{"id": "a", "inputs": [{"data": [-1e400]}]}', {})),
+    "json-integer-too-big": (
+        "batched",
+        (
+            b'{"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 1], "data": [1'
+            + b"0" * 400
+            + b"]}]}",
+            {},
+        ),
+    ),
+    "json-infinity-by-overflow": (
+        "batched",
+        (
+            b'{"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 2], '
+            b'"data": [1.5e309, -0.5e309]}]}',
+            {},
+        ),
+    ),
     # No elements: no data is read, whatever it holds.
     "zero-elements-ignore-data": ("echo", _json(_tensor("I32", "INT32", [0], "zzz"), STRINGS)),
     "empty-shape-then-shape-error": ("echo", _json(_tensor("I32", "INT32", [], [1, 2]), STRINGS)),

@@ -83,6 +83,12 @@ def error_of(call: object) -> ServerError:
         (b'["\\ud800"]', "The surrogate pair in string is invalid. at 2"),
         (b'["\\ud800\\u0041"]', "The surrogate pair in string is invalid. at 2"),
         (b'["\\ud800\\u00G1"]', "Incorrect hex digit after \\u escape in string. at 2"),
+        # RapidJSON's two overflow checks, placed at the number's first byte.
+        (b"[1e400]", "Number too big to be stored in double. at 1"),
+        (b'{"a": [1, -1e309]}', "Number too big to be stored in double. at 10"),
+        (b"[0.1e310]", "Number too big to be stored in double. at 1"),
+        (b"[1e" + b"9" * 5000 + b"]", "Number too big to be stored in double. at 1"),
+        (b"[1" + b"0" * 400 + b"]", "Number too big to be stored in double. at 1"),
     ],
 )
 def test_syntax_errors_are_worded_like_rapidjson(text: bytes, message: str) -> None:
@@ -90,6 +96,12 @@ def test_syntax_errors_are_worded_like_rapidjson(text: bytes, message: str) -> N
         error = error_of(lambda: parse_json(text, infer=infer))  # noqa: B023
         assert error.code == Code.INTERNAL
         assert error.message == f"failed to parse the request JSON buffer: {message}"
+
+
+def test_numbers_past_the_largest_double_that_rapidjson_takes_are_infinity() -> None:
+    # The exponent is within 308 plus the fraction's digits: no check of RapidJSON's fires.
+    values = json_errors.loads(b"[1.5e309, 0.5e309, -1.7976931348623159e308, 0.1e309, 1e308]")
+    assert values == [math.inf, math.inf, -math.inf, 1e308, 1e308]
 
 
 def test_nan_and_infinities_are_accepted() -> None:
