@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,7 +132,14 @@ class LogSettings:
             "log_format": self.log_format,
         }
 
-    def update(self, changes: dict[str, Any]) -> dict[str, Any]:
+    def update(
+        self, changes: dict[str, Any], wrong_kind: Callable[[str, str], Exception] | None = None
+    ) -> dict[str, Any]:
+        """Apply ``changes``, checked in Triton's order. A value of the wrong kind raises
+        ``wrong_kind(key, kind)`` (kind "boolean", "unsigned-integer" or "string"), as the
+        HTTP front end reads JSON; without it, it is refused in the words of Triton's gRPC
+        front end."""
+        refuse = wrong_kind or _grpc_wrong_kind
         if changes.get("log_file") is not None:
             raise unsupported("log file location can not be updated through network protocol")
         pending: dict[str, Any] = {}
@@ -139,7 +147,7 @@ class LogSettings:
             value = changes.get(key)
             if value is not None:
                 if not isinstance(value, bool):
-                    raise invalid_arg(f"expect boolean for '{key}'")
+                    raise refuse(key, "boolean")
                 pending[key] = value
         verbose = changes.get("log_verbose_level")
         if verbose is not None:
@@ -148,10 +156,12 @@ class LogSettings:
                 or not isinstance(verbose, int)
                 or not 0 <= verbose < 2**32
             ):
-                raise invalid_arg("expect unsigned integer for 'log_verbose_level'")
+                raise refuse("log_verbose_level", "unsigned-integer")
             pending["log_verbose_level"] = verbose
         fmt = changes.get("log_format")
         if fmt is not None:
+            if wrong_kind is not None and not isinstance(fmt, str):
+                raise wrong_kind("log_format", "string")
             if fmt not in LOG_FORMATS:
                 raise invalid_arg(f"invalid argument for log_format, got: {fmt}")
             pending["log_format"] = fmt
@@ -176,6 +186,10 @@ class LogSettings:
             formatter = handler.formatter
             if formatter is not None:
                 handler.setFormatter(logging.Formatter(formatter._fmt, _DATEFMT[self.log_format]))
+
+
+def _grpc_wrong_kind(key: str, kind: str) -> Exception:
+    return invalid_arg(f"expect {kind.replace('-', ' ')} for '{key}'")
 
 
 @dataclass

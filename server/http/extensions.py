@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from server import runtime_settings
 from server.core import Core
-from server.errors import invalid_arg
+from server.errors import internal, invalid_arg
 from server.http.app import json_response
 from server.protocol.http_codec import parse_json
 
@@ -22,25 +22,41 @@ def _ok() -> Response:
 
 
 async def _object(request: Request) -> dict[str, Any]:
+    """The body's JSON object. Triton looks members up in whatever document it parsed, and
+    a document that is not an object has none."""
     body = await request.body()
     if not body:
         return {}
     document = parse_json(body)
-    if not isinstance(document, dict):
-        raise invalid_arg("failed to parse the request JSON buffer: expected a JSON object")
-    return document
+    return document if isinstance(document, dict) else {}
+
+
+def _wrong_kind(key: str, kind: str) -> Exception:
+    """Triton's JSON accessors on a member of the wrong kind (a null included)."""
+    return internal(f"attempt to access JSON non-{kind} as {kind}")
 
 
 def _field(document: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
-    value = document.get(key, default)
+    if key not in document:
+        if default is not None:
+            return default
+        raise invalid_arg(f"Shared memory register request has no '{key}' field")
+    value = document[key]
+    if kind is int and (type(value) is not int or not 0 <= value < 2**64):
+        raise _wrong_kind(key, "unsigned-integer")
+    if kind is str and not isinstance(value, str):
+        raise _wrong_kind(key, "string")
+    return value
+
+
+def _cuda_field(document: dict[str, Any], key: str) -> int:
+    value = document.get(key)
     if value is None:
         raise invalid_arg(f"Shared memory register request has no '{key}' field")
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise invalid_arg(
             f"Shared memory register request field '{key}' must be a non-negative integer"
         )
-    if kind is str and not isinstance(value, str):
-        raise invalid_arg(f"Shared memory register request field '{key}' must be a string")
     return value
 
 
@@ -53,9 +69,10 @@ def register(app: FastAPI, core: Core) -> None:
 
     async def system_register(request: Request, region: str) -> Response:
         body = await _object(request)
+        # Read in Triton's order: the key, the offset (0 when left out), the byte size.
         key = _field(body, "key", str)
-        byte_size = _field(body, "byte_size", int)
         offset = _field(body, "offset", int, 0)
+        byte_size = _field(body, "byte_size", int)
         shm.register_system(region, key, offset, byte_size)
         return _ok()
 
@@ -79,8 +96,8 @@ def register(app: FastAPI, core: Core) -> None:
             raise invalid_arg(
                 "'raw_handle' must be a valid base64 encoded cudaIpcMemHandle_t"
             ) from None
-        device_id = _field(body, "device_id", int)
-        byte_size = _field(body, "byte_size", int)
+        device_id = _cuda_field(body, "device_id")
+        byte_size = _cuda_field(body, "byte_size")
         shm.register_cuda(region, raw, device_id, byte_size)
         return _ok()
 
@@ -120,7 +137,8 @@ def register(app: FastAPI, core: Core) -> None:
 
     async def post_logging(request: Request) -> Response:
         changes = await _object(request)
-        return json_response(runtime_settings.for_core(core).logging.update(changes))
+        settings = runtime_settings.for_core(core).logging
+        return json_response(settings.update(changes, _wrong_kind))
 
     app.add_api_route("/v2/logging", get_logging, methods=["GET"])
     app.add_api_route("/v2/logging", post_logging, methods=["POST"])
