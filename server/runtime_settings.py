@@ -53,6 +53,12 @@ class TraceSettings:
                 checked[key] = None
                 continue
             checked[key] = _trace_value(key, value)
+        # Every value is read before the level is judged, as Triton reads them all before
+        # it checks the combination.
+        if any(level != "OFF" for level in checked.get("trace_level") or ()):
+            raise unsupported(
+                "tracing is not supported by this server; 'trace_level' can only be OFF"
+            )
         target = self.models.setdefault(model, {}) if model else self.global_settings
         for key, value in checked.items():
             if value is None:
@@ -73,10 +79,6 @@ def _trace_value(key: str, value: Any) -> Any:
         for level in levels:
             if level not in TRACE_LEVELS:
                 raise invalid_arg(f"Unable to parse 'trace_level', got: {level}")
-        if any(level != "OFF" for level in levels):
-            raise unsupported(
-                "tracing is not supported by this server; 'trace_level' can only be OFF"
-            )
         return list(levels)
     if isinstance(value, list):
         if len(value) != 1:

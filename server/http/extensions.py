@@ -36,6 +36,28 @@ def _wrong_kind(key: str, kind: str) -> Exception:
     return internal(f"attempt to access JSON non-{kind} as {kind}")
 
 
+def _trace_changes(document: dict[str, Any]) -> dict[str, Any]:
+    """Trace settings as Triton's HTTP front end reads them: each value a string, and
+    ``trace_level`` an array of them, of which it keeps the levels it knows (none is OFF)."""
+    changes = dict(document)
+    for key in runtime_settings.TRACE_DEFAULTS:
+        value = changes.get(key)
+        if value is None:
+            continue
+        if key != "trace_level":
+            if not isinstance(value, str):
+                raise _wrong_kind(key, "string")
+            continue
+        if not isinstance(value, list):
+            raise _wrong_kind(key, "array")
+        if not all(isinstance(level, str) for level in value):
+            raise _wrong_kind(key, "string")
+        changes[key] = [level for level in value if level in runtime_settings.TRACE_LEVELS] or [
+            "OFF"
+        ]
+    return changes
+
+
 def _field(document: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
     if key not in document:
         if default is not None:
@@ -123,7 +145,7 @@ def register(app: FastAPI, core: Core) -> None:
 
     async def post_trace(request: Request, model: str = "") -> Response:
         runtime_settings.check_trace_model(core, model)
-        changes = await _object(request)
+        changes = _trace_changes(await _object(request))
         return json_response(runtime_settings.for_core(core).trace.update(changes, model))
 
     app.add_api_route("/v2/trace/setting", get_trace, methods=["GET"])

@@ -170,6 +170,8 @@ def _plain(value: Any) -> Any:
 _LARGEST_BEFORE_A_DIGIT = 1.7976931348623157e307
 # - A positive exponent may not pass 308 plus the fraction digits taken into the significand,
 #   whatever the digits (so 0e400 is refused and 1.5e309 is infinity).
+# This scanner runs only on what the fast parsers refuse, and they take a zero such as 0e400:
+# the server reads it as 0 where Triton refuses it.
 
 
 def _fraction_digits(integer: bytes, fraction: bytes, minus: bool) -> int:

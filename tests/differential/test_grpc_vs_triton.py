@@ -455,6 +455,15 @@ HTTP_CASES: list[tuple[str, str, Any]] = [
     ("GET", "/v2/models/add_sub/trace/setting", None),
     ("POST", "/v2/models/add_sub/trace/setting", {"trace_rate": None}),
     ("GET", "/v2/models/add_sub/versions/1/trace/setting", None),
+    # Values of the wrong kind meet Triton's JSON accessors; unknown levels are dropped; the
+    # other values are read before the level is judged.
+    ("POST", "/v2/trace/setting", {"trace_level": "OFF"}),
+    ("POST", "/v2/trace/setting", {"trace_level": [1]}),
+    ("POST", "/v2/trace/setting", {"trace_rate": 5}),
+    ("POST", "/v2/trace/setting", {"trace_count": ["1"]}),
+    ("POST", "/v2/trace/setting", {"trace_level": ["TIMESTAMPS"], "trace_rate": "x"}),
+    ("POST", "/v2/models/add_sub/trace/setting", {"trace_level": ["nope"]}),
+    ("POST", "/v2/trace/setting", [1]),
     ("GET", "/v2/logging", None),
     ("POST", "/v2/logging", {"log_file": "/tmp/elsewhere.log"}),
     ("POST", "/v2/logging", {"log_verbose_level": 0}),
