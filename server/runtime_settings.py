@@ -135,22 +135,38 @@ class LogSettings:
         }
 
     def update(
-        self, changes: dict[str, Any], wrong_kind: Callable[[str, str], Exception] | None = None
+        self,
+        changes: dict[str, Any],
+        wrong_kind: Callable[[str, str], Exception] | None = None,
+        unknown_format: Callable[[str], Exception] | None = None,
     ) -> dict[str, Any]:
         """Apply ``changes``, checked in Triton's order. A value of the wrong kind raises
-        ``wrong_kind(key, kind)`` (kind "boolean", "unsigned-integer" or "string"), as the
-        HTTP front end reads JSON; without it, it is refused in the words of Triton's gRPC
-        front end."""
-        refuse = wrong_kind or _grpc_wrong_kind
+        ``wrong_kind(key, kind)`` (kind "boolean", "unsigned-integer" or "string") and a
+        format other than Triton's ``unknown_format(value)``, as the HTTP front end answers;
+        without them, they are refused in the words of Triton's gRPC front end. As in
+        Triton, each setting takes effect once it is read, so those before a refused one
+        stay changed."""
         if changes.get("log_file") is not None:
             raise unsupported("log file location can not be updated through network protocol")
-        pending: dict[str, Any] = {}
+        try:
+            self._update(changes, wrong_kind, unknown_format)
+        finally:
+            self._apply()
+        return self.as_dict()
+
+    def _update(
+        self,
+        changes: dict[str, Any],
+        wrong_kind: Callable[[str, str], Exception] | None,
+        unknown_format: Callable[[str], Exception] | None,
+    ) -> None:
+        refuse = wrong_kind or _grpc_wrong_kind
         for key in ("log_info", "log_warning", "log_error"):
             value = changes.get(key)
             if value is not None:
                 if not isinstance(value, bool):
                     raise refuse(key, "boolean")
-                pending[key] = value
+                setattr(self, key, value)
         verbose = changes.get("log_verbose_level")
         if verbose is not None:
             if (
@@ -159,18 +175,16 @@ class LogSettings:
                 or not 0 <= verbose < 2**32
             ):
                 raise refuse("log_verbose_level", "unsigned-integer")
-            pending["log_verbose_level"] = verbose
+            self.log_verbose_level = verbose
         fmt = changes.get("log_format")
         if fmt is not None:
             if wrong_kind is not None and not isinstance(fmt, str):
                 raise wrong_kind("log_format", "string")
             if fmt not in LOG_FORMATS:
+                if unknown_format is not None:
+                    raise unknown_format(fmt)
                 raise invalid_arg(f"invalid argument for log_format, got: {fmt}")
-            pending["log_format"] = fmt
-        for key, value in pending.items():
-            setattr(self, key, value)
-        self._apply()
-        return self.as_dict()
+            self.log_format = fmt
 
     def _apply(self) -> None:
         level = logging.CRITICAL

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,7 +13,7 @@ from starlette.responses import Response
 
 from server import runtime_settings
 from server.core import Core
-from server.errors import internal, invalid_arg
+from server.errors import internal, invalid_arg, unavailable, unsupported
 from server.http.app import json_response
 from server.protocol.http_codec import parse_json
 
@@ -36,17 +37,28 @@ def _wrong_kind(key: str, kind: str) -> Exception:
     return internal(f"attempt to access JSON non-{kind} as {kind}")
 
 
+def _unknown_log_format(value: str) -> Exception:
+    return unavailable(f"invalid argument for --log_format, got: {value}")
+
+
 def _trace_changes(document: dict[str, Any]) -> dict[str, Any]:
-    """Trace settings as Triton's HTTP front end reads them: each value a string, and
-    ``trace_level`` an array of them, of which it keeps the levels it knows (none is OFF)."""
-    changes = dict(document)
+    """Trace settings as Triton's HTTP front end reads them: the trace file cannot be set,
+    the trace mode is not read, each other value is a string (a negative rate wraps as an
+    unsigned 32-bit number), and ``trace_level`` an array of strings, of which it keeps the
+    levels it knows (none is OFF)."""
+    if document.get("trace_file") is not None:
+        raise unsupported("trace file location can not be updated through network protocol")
+    changes = {key: value for key, value in document.items() if key != "trace_mode"}
     for key in runtime_settings.TRACE_DEFAULTS:
         value = changes.get(key)
-        if value is None:
+        if value is None or key == "trace_mode":
             continue
         if key != "trace_level":
             if not isinstance(value, str):
                 raise _wrong_kind(key, "string")
+            if key == "trace_rate" and value.lstrip().startswith("-"):
+                with contextlib.suppress(ValueError):
+                    changes[key] = str(int(value) % 2**32)
             continue
         if not isinstance(value, list):
             raise _wrong_kind(key, "array")
@@ -160,7 +172,7 @@ def register(app: FastAPI, core: Core) -> None:
     async def post_logging(request: Request) -> Response:
         changes = await _object(request)
         settings = runtime_settings.for_core(core).logging
-        return json_response(settings.update(changes, _wrong_kind))
+        return json_response(settings.update(changes, _wrong_kind, _unknown_log_format))
 
     app.add_api_route("/v2/logging", get_logging, methods=["GET"])
     app.add_api_route("/v2/logging", post_logging, methods=["POST"])

@@ -573,13 +573,16 @@ def test_bad_input_file_layout(tmp_path: Path) -> None:
         assert "not_a_field" in broken[0]["reason"]
 
 
-def test_a_lone_surrogate_in_a_setting_is_kept_and_echoed(server: ServerProcess) -> None:
+def test_a_lone_surrogate_in_a_request_id_is_kept_and_echoed(server: ServerProcess) -> None:
     # RapidJSON takes a lone low surrogate escape; the value comes back as its three bytes.
-    body = b'{"trace_file": "a\\udc00b"}'
-    status, answer = post(server, "/v2/trace/setting", body)
-    assert (status, answer["trace_file"]) == (200, "a\udc00b")
+    body = (
+        b'{"id": "a\\udc00b", "inputs": [{"name": "INPUT0", "datatype": "FP32", '
+        b'"shape": [1, 1], "data": [1]}]}'
+    )
     connection = http.client.HTTPConnection(server.http_url, timeout=30)
-    connection.request("GET", "/v2/trace/setting")
-    raw = connection.getresponse().read()
+    connection.request("POST", "/v2/models/id_fp32/infer", body)
+    response = connection.getresponse()
+    raw = response.read()
     connection.close()
-    assert b'"trace_file":"a\xed\xb0\x80b"' in raw
+    assert response.status == 200
+    assert b'"id":"a\xed\xb0\x80b"' in raw
