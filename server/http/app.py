@@ -207,12 +207,19 @@ def create_app(
         params = body.get("parameters", {}) if isinstance(body, dict) else {}
         if not isinstance(params, dict):
             raise internal("attempt to get members for non-object")
+        # Triton reads every parameter of a load as a string, whatever its key.
+        if any(not isinstance(value, str) for value in params.values()):
+            raise internal("attempt to access JSON non-string as string")
         await core.load_model(model, params)
         return Response(b"", status_code=200)
 
     @app.post("/v2/repository/models/{model}/unload")
     async def unload(request: Request, model: str) -> Response:
-        body = await json_body(request)
+        raw = await read_body(request)
+        try:
+            body = parse_json(raw) if raw else {}
+        except ServerError:
+            body = {}  # Triton unloads the model whatever the body holds, even unparsable
         params = body.get("parameters", {}) if isinstance(body, dict) else {}
         await core.unload_model(model, params if isinstance(params, dict) else {})
         return Response(b"", status_code=200)

@@ -115,6 +115,13 @@ def test_explicit_model_control_matches(tmp_path: Path) -> None:
                 J({"parameters": 5}),
             ),
             ("load-malformed-body", "POST", "/v2/repository/models/versions/load", b"{bad"),
+            # Every parameter of a load is read as a string, whatever its key.
+            (
+                "load-parameter-not-string",
+                "POST",
+                "/v2/repository/models/versions/load",
+                J({"parameters": {"priority": 1}}),
+            ),
             (
                 "file-without-config",
                 "POST",
@@ -133,6 +140,8 @@ def test_explicit_model_control_matches(tmp_path: Path) -> None:
             ),
             ("infer-uploaded", "POST", "/v2/models/uploaded/infer", identity_request),
             ("unload-missing", "POST", "/v2/repository/models/missing/unload", None),
+            # An unload goes ahead whatever its body holds.
+            ("unload-malformed-body", "POST", "/v2/repository/models/missing/unload", b"{bad"),
             (
                 "unload",
                 "POST",
