@@ -51,7 +51,7 @@ def _trace_changes(document: dict[str, Any]) -> dict[str, Any]:
     changes = {key: value for key, value in document.items() if key != "trace_mode"}
     for key in runtime_settings.TRACE_DEFAULTS:
         value = changes.get(key)
-        if value is None or key == "trace_mode":
+        if value is None:
             continue
         if key != "trace_level":
             if not isinstance(value, str):
