@@ -84,6 +84,8 @@ def _field(document: dict[str, Any], key: str, kind: type, default: Any = None) 
 
 
 def _cuda_field(document: dict[str, Any], key: str) -> int:
+    """A CUDA registration's number, in this server's own words: unlike the system fields
+    above, these have not been compared with tritonserver, which needs a GPU to answer."""
     value = document.get(key)
     if value is None:
         raise invalid_arg(f"Shared memory register request has no '{key}' field")

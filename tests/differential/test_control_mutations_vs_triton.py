@@ -21,6 +21,7 @@ import pytest
 
 from tests.differential.conftest import start_triton
 from tests.differential.http_wire import Answer, send
+from tests.differential.test_mutations_vs_triton import _containers
 from tests.harness import run_server
 from tests.models import write_python_identity
 
@@ -58,14 +59,6 @@ _KEYS = [
 _NO_TRACE_FILE = "Attempting to set invalid trace setting :trace file name is not given"
 _NO_TRACING = "tracing is not supported by this server; 'trace_level' can only be OFF"
 _REGISTER_FAILED = "failed to register shared memory region 'r1': "
-
-
-def _containers(value: Any, found: list[Any]) -> list[Any]:
-    if isinstance(value, (dict, list)):
-        found.append(value)
-        for item in value.values() if isinstance(value, dict) else value:
-            _containers(item, found)
-    return found
 
 
 def _mutate(rng: random.Random, document: dict[str, Any]) -> Any:

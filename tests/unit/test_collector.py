@@ -67,13 +67,25 @@ def test_settle_leaves_a_disabled_collector_alone() -> None:
     assert not gc.isenabled()
 
 
-async def test_a_poll_settles_after_changes_only(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def settles(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records each call of ``collector.settle`` instead of collecting."""
     calls: list[int] = []
     monkeypatch.setattr(collector, "settle", lambda: calls.append(1))
+    return calls
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> ModelManager:
+    """A repository with one ONNX identity model, ``ident``, not loaded yet."""
     write_onnx_identity(tmp_path, "ident", "FP32", (4,), max_batch_size=0)
-    manager = ModelManager([tmp_path], create_scheduler, devices=FakeDeviceLayer())
+    return ModelManager([tmp_path], create_scheduler, devices=FakeDeviceLayer())
+
+
+async def test_a_poll_settles_after_changes_only(
+    tmp_path: Path, settles: list[int], manager: ModelManager
+) -> None:
+    calls = settles
     await poll_once(manager)  # loads the new model
     assert manager.get("ident").state == "READY"
     assert len(calls) == 1
@@ -86,12 +98,9 @@ async def test_a_poll_settles_after_changes_only(
 
 
 async def test_loads_and_unloads_through_the_api_settle_even_when_they_fail(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    settles: list[int], manager: ModelManager
 ) -> None:
-    calls: list[int] = []
-    monkeypatch.setattr(collector, "settle", lambda: calls.append(1))
-    write_onnx_identity(tmp_path, "ident", "FP32", (4,), max_batch_size=0)
-    manager = ModelManager([tmp_path], create_scheduler, devices=FakeDeviceLayer())
+    calls = settles
     core = Core(manager, CoreOptions(model_control_mode="explicit"))
     await core.load_model("ident", {})
     assert manager.get("ident").state == "READY"
