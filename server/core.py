@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,13 +128,18 @@ class Core:
         return self.manager.get(name, version).config
 
     # --- inference -------------------------------------------------------------------
-    async def infer(self, request: InferRequest) -> InferResponse:
+    def infer(self, request: InferRequest) -> Coroutine[Any, Any, InferResponse]:
+        """The inference of ``request``, to await. Without shared memory it is ``_infer``
+        itself rather than a coroutine around it: one frame fewer on the hot path."""
         if uses_shared_memory(request):
-            with self.shm.acquire(request) as lease:
-                response = await self._infer(request)
-                lease.write_outputs(response)
-                return response
-        return await self._infer(request)
+            return self._infer_shared(request)
+        return self._infer(request)
+
+    async def _infer_shared(self, request: InferRequest) -> InferResponse:
+        with self.shm.acquire(request) as lease:
+            response = await self._infer(request)
+            lease.write_outputs(response)
+            return response
 
     async def _infer(self, request: InferRequest) -> InferResponse:
         if not request.request_start_ns:

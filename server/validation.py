@@ -16,7 +16,7 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
     input's datatype, shape and contents (Triton walks the inputs in its hash map's order,
     which for two inputs is the reverse of the request's), and last a required input left
     out of a request whose input count is in range, which Triton does not check."""
-    prefix = request_prefix(request.id)
+    # The messages' parts are built only on the way to an error: this runs per request.
     name = view.name
     inputs = view.inputs
     # Triton's core settles the requested outputs before it looks at the inputs.
@@ -27,28 +27,25 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
     given: set[str] = set()
     for tensor in request.inputs:
         if tensor.name in given:
-            raise invalid_arg(f"{prefix}input '{tensor.name}' already exists in request")
+            raise invalid_arg(
+                f"{request_prefix(request.id)}input '{tensor.name}' already exists in request"
+            )
         given.add(tensor.name)
     required = view.required_inputs
     missing = [n for n in required if n not in given]
-    # A model with optional inputs words the expected count as a range, as Triton does.
-    expected = (
-        f"{len(inputs)} inputs"
-        if len(required) == len(inputs)
-        else f"number of inputs between {len(required)} and {len(inputs)}"
-    )
     if len(request.inputs) > len(inputs) or len(request.inputs) < len(required):
         got = ",".join(f"'{t.name}'" for t in request.inputs[::-1])
         wanted = "[" + ",".join(f"'{n}'" for n in missing) + "]" if missing else "]"
         raise invalid_arg(
-            f"{prefix}expected {expected} but got {len(request.inputs)} inputs for model "
-            f"'{name}'. Got input(s) [{got}], but missing required input(s) {wanted}. "
-            "Please provide all required input(s)."
+            f"{request_prefix(request.id)}expected {_expected(view)} but got "
+            f"{len(request.inputs)} inputs for model '{name}'. Got input(s) [{got}], but "
+            f"missing required input(s) {wanted}. Please provide all required input(s)."
         )
     for tensor in request.inputs:
         if tensor.name not in inputs:
             raise invalid_arg(f"unexpected inference input '{tensor.name}' for model '{name}'")
     ordered = request.inputs[::-1]
+    prefix = request_prefix(request.id)
     batch = 0
     max_batch = view.max_batch_size
     if max_batch > 0:
@@ -95,7 +92,7 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
         # (the model gets the request without it). It is refused here, after every check
         # Triton makes, so that a request Triton refuses is refused with Triton's words.
         raise invalid_arg(
-            f"{prefix}expected {expected} but got {len(request.inputs)} inputs for model "
+            f"{prefix}expected {_expected(view)} but got {len(request.inputs)} inputs for model "
             f"'{name}'. Got input(s) ["
             + ",".join(f"'{t.name}'" for t in request.inputs)
             + "], but missing required input(s) ["
@@ -105,6 +102,15 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
     request.batch_size = max(batch, 1)
     if view.decoupled and request.response_queue is None:
         raise unsupported("ModelInfer RPC doesn't support models with decoupled transaction policy")
+
+
+def _expected(view: ModelView) -> str:
+    """The input count a model expects, in Triton's words: a model with optional inputs
+    words it as a range."""
+    required, inputs = len(view.required_inputs), len(view.inputs)
+    if required == inputs:
+        return f"{inputs} inputs"
+    return f"number of inputs between {required} and {inputs}"
 
 
 def _dims_match(dims: tuple[int, ...], shape: tuple[int, ...]) -> bool:

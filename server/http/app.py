@@ -256,20 +256,27 @@ class InferEndpoint:
     ) -> Reply:
         try:
             return await self._answer(body, header, model, version)
-        except ServerError as exc:
+        except (ServerError, _UnsupportedEncoding, StarletteHTTPException) as exc:
+            return self._failed(exc)
+
+    async def answer_request(self, request: HttpRequest, model: str, version: str | None) -> Reply:
+        """The HTTP listener's entry point: ``answer`` written out, one coroutine fewer on
+        the hot path."""
+        try:
+            return await self._answer(
+                request.body(writable=True), _header_reader(request), model, version
+            )
+        except (ServerError, _UnsupportedEncoding, StarletteHTTPException) as exc:
+            return self._failed(exc)
+
+    def _failed(self, exc: ServerError | _UnsupportedEncoding | StarletteHTTPException) -> Reply:
+        if isinstance(exc, ServerError):
             return self.error(exc)
-        except _UnsupportedEncoding as exc:
+        if isinstance(exc, _UnsupportedEncoding):
             return self.error(
                 exc.error, [(b"accept-encoding", compression.ACCEPT_ENCODING.encode())]
             )
-        except StarletteHTTPException as exc:
-            return Reply(exc.status_code, json_errors.dumps({"error": exc.detail}))
-
-    async def answer_request(self, request: HttpRequest, model: str, version: str | None) -> Reply:
-        """The HTTP listener's entry point."""
-        return await self.answer(
-            request.body(writable=True), _header_reader(request), model, version
-        )
+        return Reply(exc.status_code, json_errors.dumps({"error": exc.detail}))
 
     def too_large(self, request: HttpRequest) -> Reply:
         return self.error(compression.too_large(request.too_large, self.max_input_size))

@@ -196,14 +196,16 @@ def decode_infer_request(message: Any) -> InferRequest:
     use_raw = len(raw) > 0
     raw_index = 0
     inputs = request.inputs
-    # Triton adds every input to the request before it reads any input's data.
+    # Triton adds every input to the request before it reads any input's data. The
+    # message's containers are walked once each: every walk builds new wrapper objects.
+    tensors = message.inputs[:]
     names: set[str] = set()
-    for tensor in message.inputs:
+    for tensor in tensors:
         check_new_input(names, tensor.name, request.id)
-    for tensor in message.inputs:
+    for tensor in tensors:
         name = tensor.name
         datatype = tensor.datatype
-        dims = tuple(tensor.shape)
+        dims = tuple(tensor.shape[:])
         params = parameters_to_dict(tensor.parameters) if tensor.parameters else {}
         has_contents = tensor.HasField("contents")
         if REGION in params:
@@ -227,7 +229,7 @@ def decode_infer_request(message: Any) -> InferRequest:
             raw_index += 1
             # Negative dims and unknown datatypes are reported by validation, with the
             # model's context, as Triton's core reports them.
-            if any(d < 0 for d in dims) or datatype not in NUMPY_DTYPES:
+            if (dims and min(dims) < 0) or datatype not in NUMPY_DTYPES:
                 data = _EMPTY
             else:
                 inputs.append(

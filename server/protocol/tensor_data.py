@@ -25,6 +25,7 @@ _SIGNED = ("INT8", "INT16", "INT32", "INT64")
 _UNSIGNED = ("UINT8", "UINT16", "UINT32", "UINT64")
 _FLOATS = ("FP32", "FP64")
 _LENGTH = struct.Struct("<I")
+_F32_MAX = float(np.finfo(np.float32).max)
 _SHAPE_MISMATCH = "Unable to parse 'data': Shape does not match true shape of 'data' field"
 # How simdjson reads a numeric array straight into a buffer, and the width it reads into.
 _BUFFER_KIND: dict[str, tuple[Literal["d", "i", "u"], type[np.generic]]] = {
@@ -102,13 +103,18 @@ def _typed(data: list[Any], kinds: set[type], datatype: str) -> np.ndarray:
     if datatype in _FLOATS:
         if kinds - {int, float}:
             raise internal("Unable to parse 'data': attempt to access JSON non-number as double")
+        try:
+            doubles = np.array(data, dtype=np.float64)
+        except OverflowError:
+            raise internal(
+                "Unable to parse 'data': attempt to access JSON non-number as double"
+            ) from None
+        # A double past float32's range becomes infinity, as in Triton, where numpy would warn.
+        # The comparisons cost less than the errstate they spare; a NaN fails them.
+        if dtype == np.float64 or (max(data) <= _F32_MAX and min(data) >= -_F32_MAX):
+            return doubles.astype(dtype, copy=False)
         with np.errstate(over="ignore"):
-            try:
-                return np.array(data, dtype=np.float64).astype(dtype)
-            except OverflowError:
-                raise internal(
-                    "Unable to parse 'data': attempt to access JSON non-number as double"
-                ) from None
+            return doubles.astype(dtype)
     wide, words = (
         (np.int64, "signed-integer") if datatype in _SIGNED else (np.uint64, "unsigned-integer")
     )

@@ -222,8 +222,11 @@ class PythonInstance(ModelInstance):
         # through. Held here, so that no other object can take one's id while a response
         # may still be sent.
         inputs: dict[int, object] = {}
+        # A model that is not decoupled seldom asks for its requests' response senders:
+        # each request makes its own when asked (``get_response_sender``).
         senders = [
-            InferenceResponseSender(r, view.decoupled, self._converter(r, inputs)) for r in requests
+            InferenceResponseSender(r, True, self._converter(r, inputs)) if view.decoupled else None
+            for r in requests
         ]
         wrapped = [
             InferenceRequest.incoming(r, view, s, inputs)
@@ -255,7 +258,7 @@ class PythonInstance(ModelInstance):
                 )
             return [{} for _ in requests]
         if result is None:
-            result = [s.captured for s in senders]
+            result = [w.sent_response() for w in wrapped]
         if not isinstance(result, (list, tuple)) or len(result) != len(requests):
             count = len(result) if isinstance(result, (list, tuple)) else type(result).__name__
             return [
@@ -267,13 +270,13 @@ class PythonInstance(ModelInstance):
         return [response_outputs(response, view, inputs) for response in result]
 
     def _fail(
-        self, senders: list[InferenceResponseSender], error: ServerError
+        self, senders: list[InferenceResponseSender | None], error: ServerError
     ) -> list[RequestOutputs]:
         if not self._view.decoupled:
             return [error] * len(senders)
         # A stream learns of the failure in-band; the request fails all the same, unless
         # the model had already completed its stream.
-        return [error if sender.fail(error) else {} for sender in senders]
+        return [error if sender is None or sender.fail(error) else {} for sender in senders]
 
     def _converter(self, request: InferRequest, inputs: dict[int, object]) -> Any:
         view = self._view

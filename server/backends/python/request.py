@@ -119,6 +119,14 @@ class InferenceResponseSender:
             pass
 
 
+def _unconverted(response: InferenceResponse, final: bool) -> InferResponse | ServerError:
+    raise AssertionError("a sender that is not decoupled converts no response")
+
+
+# Guards the making of a request's sender on demand, which a model may ask for from threads.
+_SENDER_MADE = threading.Lock()
+
+
 def _put_all(queue: Any, items: list[StreamItem]) -> None:
     for item in items:
         queue.put_nowait(item)
@@ -171,7 +179,7 @@ class InferenceRequest:
         cls,
         source: InferRequest,
         view: ModelView,
-        sender: InferenceResponseSender,
+        sender: InferenceResponseSender | None,
         owners: dict[int, object],
     ) -> InferenceRequest:
         """The request as ``execute`` receives it; the owners of its inputs' memory are
@@ -248,8 +256,20 @@ class InferenceRequest:
 
     def get_response_sender(self) -> InferenceResponseSender:
         if self._sender is None:
-            raise TritonModelException("only requests given to execute() have a response sender")
+            if self._source is None:
+                raise TritonModelException(
+                    "only requests given to execute() have a response sender"
+                )
+            with _SENDER_MADE:
+                if self._sender is None:
+                    # Not decoupled (a decoupled model's requests come with theirs): the
+                    # sender only keeps the one response, so it converts nothing.
+                    self._sender = InferenceResponseSender(self._source, False, _unconverted)
         return self._sender
+
+    def sent_response(self) -> InferenceResponse | None:
+        """The response a model that is not decoupled sent through the sender, if any."""
+        return self._sender.captured if self._sender is not None else None
 
     def is_cancelled(self) -> bool:
         return bool(self._source is not None and self._source.cancelled)
