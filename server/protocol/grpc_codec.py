@@ -196,8 +196,9 @@ def decode_infer_request(message: Any) -> InferRequest:
     use_raw = len(raw) > 0
     raw_index = 0
     inputs = request.inputs
-    # Triton adds every input to the request before it reads any input's data. The
-    # message's containers are walked once each: every walk builds new wrapper objects.
+    # Triton adds every input to the request before it reads any input's data. The inputs
+    # are taken out of the message once: walking protobuf's container costs more than
+    # walking a list, twice over here.
     tensors = message.inputs[:]
     names: set[str] = set()
     for tensor in tensors:

@@ -26,6 +26,8 @@ _UNSIGNED = ("UINT8", "UINT16", "UINT32", "UINT64")
 _FLOATS = ("FP32", "FP64")
 _LENGTH = struct.Struct("<I")
 _F32_MAX = float(np.finfo(np.float32).max)
+# Float outputs of up to this many values are written from a list (``json_values``).
+_LIST_UP_TO = 64
 _SHAPE_MISMATCH = "Unable to parse 'data': Shape does not match true shape of 'data' field"
 # How simdjson reads a numeric array straight into a buffer, and the width it reads into.
 _BUFFER_KIND: dict[str, tuple[Literal["d", "i", "u"], type[np.generic]]] = {
@@ -157,12 +159,20 @@ def json_values(array: np.ndarray, datatype: str) -> Any:
             for item in flat
         ]
     if flat.dtype.kind == "f":
-        flat = flat.astype(np.float64)
+        values: list[float] | np.ndarray
+        if flat.size <= _LIST_UP_TO:
+            # Few values: as Python floats (doubles), summed by the interpreter, cost less
+            # than numpy's cast and reduction, which pay off on larger outputs.
+            values = flat.tolist()
+            total = sum(values)
+        else:
+            values = flat.astype(np.float64)
+            total = float(np.add.reduce(values))
         # A sum is finite only when every element is; an overflowing sum of finite values
         # just takes the slower, equally correct path.
-        if not math.isfinite(np.add.reduce(flat)):
+        if not math.isfinite(total):
             return orjson.Fragment(json.dumps(flat.tolist(), separators=(",", ":")))
-        return flat
+        return values
     if not flat.flags.c_contiguous or flat.dtype.byteorder == ">":
         flat = np.ascontiguousarray(flat, dtype=flat.dtype.newbyteorder("="))
     return flat

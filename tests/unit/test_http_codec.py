@@ -104,6 +104,28 @@ def test_numbers_past_the_largest_double_that_rapidjson_takes_are_infinity() -> 
     assert values == [math.inf, math.inf, -math.inf, 1e308, 1e308]
 
 
+@pytest.mark.filterwarnings("error")  # numpy's overflow warning must not escape either
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[1.0, 1e39]", [1.0, math.inf]),
+        ("[1e39, 1.0]", [math.inf, 1.0]),
+        ("[-1e39, 2]", [-math.inf, 2.0]),
+        ("[NaN, 1e39]", [math.nan, math.inf]),
+        ("[1e39, NaN]", [math.inf, math.nan]),
+        ("[3.4028235e38, -3.4028235e38]", [3.4028235e38, -3.4028235e38]),
+        ("[Infinity, 5]", [math.inf, 5.0]),
+    ],
+)
+def test_fp32_data_past_float32_range_is_infinity(text: str, expected: list[float]) -> None:
+    # Triton reads each number as a double and casts it to float.
+    body = b'{"inputs":[{"name":"IN0","shape":[1,2],"datatype":"FP32","data":' + text.encode()
+    request = decode_infer_request(body + b"}]}", None, "m", "")
+    array = request.inputs[0].data
+    assert array.dtype == np.float32
+    np.testing.assert_array_equal(array, np.array([expected], dtype=np.float32))
+
+
 def test_nan_and_infinities_are_accepted() -> None:
     values = json_errors.loads(b"[NaN, Infinity, -Infinity, -Inf]")
     assert math.isnan(values[0]) and values[1:] == [math.inf, -math.inf, -math.inf]
@@ -574,6 +596,35 @@ def test_response_without_binary_bytes_is_plain_json() -> None:
     body, length = encode_infer_response(response, request)
     assert length is None
     assert json.loads(body)["outputs"][0]["parameters"] == {"binary_data_size": 0}
+
+
+@pytest.mark.parametrize("count", [3, 64, 65, 300])  # both sides of the list/numpy switch
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_outputs_are_written_through_double_precision(count: int, dtype: type) -> None:
+    request = decode({"inputs": []})
+    values = np.full(count, 0.1, dtype=dtype)
+    values[1] = -2.5
+    response = InferResponse("m", "1", [OutputTensor("F", "FP32", (count,), values, {})])
+    body, _ = encode_infer_response(response, request)
+    written = body.split(b'"data":[', 1)[1].split(b"]", 1)[0].split(b",")
+    assert len(written) == count
+    assert written[0] == (b"0.10000000149011612" if dtype == np.float32 else b"0.1")
+    assert written[1] == b"-2.5"
+
+
+@pytest.mark.parametrize("count", [4, 65])
+def test_non_finite_outputs_are_written_as_rapidjson_writes_them(count: int) -> None:
+    request = decode({"inputs": []})
+    values = np.ones(count, dtype=np.float32)
+    values[:3] = [np.nan, np.inf, -np.inf]
+    response = InferResponse("m", "1", [OutputTensor("F", "FP32", (count,), values, {})])
+    body, _ = encode_infer_response(response, request)
+    assert b'"data":[NaN,Infinity,-Infinity,' + b"1.0," * (count - 4) + b"1.0]" in body
+    # Finite values whose sum overflows take the same careful path, and stay exact.
+    big = np.full(count, 3e38, dtype=np.float32)
+    response = InferResponse("m", "1", [OutputTensor("F", "FP32", (count,), big, {})])
+    body, _ = encode_infer_response(response, request)
+    assert json.loads(body)["outputs"][0]["data"] == [float(np.float32(3e38))] * count
 
 
 def test_fp16_output_cannot_be_json() -> None:
