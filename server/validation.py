@@ -99,7 +99,7 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
             + ",".join(f"'{n}'" for n in missing)
             + "]. Please provide all required input(s)."
         )
-    request.batch_size = max(batch, 1)
+    request.batch_size = batch if batch > 1 else 1
     if view.decoupled and request.response_queue is None:
         raise unsupported("ModelInfer RPC doesn't support models with decoupled transaction policy")
 

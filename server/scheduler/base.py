@@ -302,7 +302,9 @@ class Scheduler(abc.ABC):
         for request, result in zip(execution.batch, execution.results, strict=True):
             done = counts_as_success(result)
             # The wait ended at dispatch, also for a part a scheduler re-ran later.
-            waited = max(request.compute_start_ns - request.queue_start_ns, 0)
+            waited = request.compute_start_ns - request.queue_start_ns
+            if waited < 0:
+                waited = 0
             self.stats.settle_queue(waited, completed=done)
             if done:
                 completed.append(request)

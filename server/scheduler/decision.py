@@ -92,7 +92,7 @@ def decide(candidates: Iterable[Candidate], rules: BatchRules, now_ns: int) -> D
     signature: Hashable = None
     send_now = False
     for candidate in candidates:
-        rows = max(1, candidate.rows)
+        rows = candidate.rows if candidate.rows > 1 else 1
         if pending_count == 0:
             signature = candidate.signature
         else:
