@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from array import array as packed_array
 from typing import Any, Literal
 
 import numpy as np
@@ -25,7 +26,6 @@ _SIGNED = ("INT8", "INT16", "INT32", "INT64")
 _UNSIGNED = ("UINT8", "UINT16", "UINT32", "UINT64")
 _FLOATS = ("FP32", "FP64")
 _LENGTH = struct.Struct("<I")
-_F32_MAX = float(np.finfo(np.float32).max)
 # Float outputs of up to this many values are written from a list (``json_values``).
 _LIST_UP_TO = 64
 _SHAPE_MISMATCH = "Unable to parse 'data': Shape does not match true shape of 'data' field"
@@ -106,17 +106,15 @@ def _typed(data: list[Any], kinds: set[type], datatype: str) -> np.ndarray:
         if kinds - {int, float}:
             raise internal("Unable to parse 'data': attempt to access JSON non-number as double")
         try:
-            doubles = np.array(data, dtype=np.float64)
+            if datatype == "FP32":
+                # Each number as a double cast to float, as Triton reads it: a double past
+                # float32's range becomes infinity, where numpy's cast would also warn.
+                return np.frombuffer(packed_array("f", data), dtype=np.float32)
+            return np.array(data, dtype=np.float64)
         except OverflowError:
             raise internal(
                 "Unable to parse 'data': attempt to access JSON non-number as double"
             ) from None
-        # A double past float32's range becomes infinity, as in Triton, where numpy would warn.
-        # The comparisons cost less than the errstate they spare; a NaN fails them.
-        if dtype == np.float64 or (max(data) <= _F32_MAX and min(data) >= -_F32_MAX):
-            return doubles.astype(dtype, copy=False)
-        with np.errstate(over="ignore"):
-            return doubles.astype(dtype)
     wide, words = (
         (np.int64, "signed-integer") if datatype in _SIGNED else (np.uint64, "unsigned-integer")
     )
