@@ -16,7 +16,7 @@ def validate_request(request: InferRequest, view: ModelView) -> None:
     input's datatype, shape and contents (Triton walks the inputs in its hash map's order,
     which for two inputs is the reverse of the request's), and last a required input left
     out of a request whose input count is in range, which Triton does not check."""
-    # The messages' parts are built only on the way to an error: this runs per request.
+    # The count's wording is built only on the way to an error: this runs per request.
     name = view.name
     inputs = view.inputs
     # Triton's core settles the requested outputs before it looks at the inputs.
