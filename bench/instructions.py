@@ -80,6 +80,7 @@ async def serve_requests(
     from server.repository.manager import ModelManager
     from server.scheduler import create_scheduler
 
+    # The benchmark's models run on the CPU: no device discovery (NVML) in the counted runs.
     manager = ModelManager([repository], create_scheduler, devices=FakeDeviceLayer())
     await manager.load(model)
     core = Core(manager, CoreOptions())
