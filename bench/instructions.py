@@ -96,7 +96,7 @@ def child(args: argparse.Namespace) -> None:
 
     payload = payloads.build(args.protocol, args.model, models.BY_NAME[args.model].input_size)
     answer = request_path(args.protocol, args.model, payload.body, payload.header_length)
-    uvloop.run(serve_requests(args.repository, args.model, answer, args.count))
+    uvloop.run(serve_requests(args.repository, args.model, answer, args.requests))
 
 
 def count_instructions(args: argparse.Namespace, repository: Path, requests: int) -> int:
@@ -144,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.root = args.root.resolve()
-    args.count = args.requests
     if args.child:
         child(args)
         return 0

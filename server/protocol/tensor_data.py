@@ -97,7 +97,6 @@ def _numbers(data: simdjson.Array, datatype: str) -> np.ndarray | None:
 
 
 def _typed(data: list[Any], kinds: set[type], datatype: str) -> np.ndarray:
-    dtype = NUMPY_DTYPES[datatype]
     if datatype == "BOOL":
         if kinds - {bool}:
             raise internal("Unable to parse 'data': attempt to access JSON non-boolean as boolean")
@@ -126,7 +125,7 @@ def _typed(data: list[Any], kinds: set[type], datatype: str) -> np.ndarray:
         raise internal(
             f"Unable to parse 'data': attempt to access JSON non-{words} as {words}"
         ) from None
-    return values.astype(dtype)
+    return values.astype(NUMPY_DTYPES[datatype])
 
 
 def _flatten(data: list[Any]) -> list[Any]:
@@ -169,7 +168,8 @@ def json_values(array: np.ndarray, datatype: str) -> Any:
         # A sum is finite only when every element is; an overflowing sum of finite values
         # just takes the slower, equally correct path.
         if not math.isfinite(total):
-            return orjson.Fragment(json.dumps(flat.tolist(), separators=(",", ":")))
+            listed = values if isinstance(values, list) else values.tolist()
+            return orjson.Fragment(json.dumps(listed, separators=(",", ":")))
         return values
     if not flat.flags.c_contiguous or flat.dtype.byteorder == ">":
         flat = np.ascontiguousarray(flat, dtype=flat.dtype.newbyteorder("="))

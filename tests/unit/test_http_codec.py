@@ -129,9 +129,10 @@ def test_fp32_data_past_float32_range_is_infinity(text: str, expected: list[floa
 def test_fp32_data_is_each_number_as_a_double_cast_to_float() -> None:
     # Integers past 2**53 round to a double first, then to a float, as Triton reads them.
     values = [0.1, 1 / 3, 2**54 + 2**30 + 1, 16777217, -(2**63), 3.4028235e38, 1e-46, -0.0]
-    text = json.dumps(values).encode()
-    body = b'{"inputs":[{"name":"IN0","shape":[8],"datatype":"FP32","data":' + text + b"}]}"
-    array = decode_infer_request(body, None, "m", "").inputs[0].data
+    request = decode(
+        {"inputs": [{"name": "IN0", "shape": [8], "datatype": "FP32", "data": values}]}
+    )
+    array = request.inputs[0].data
     expected = np.array([np.float32(np.float64(v)) for v in values], dtype=np.float32)
     assert array.tobytes() == expected.tobytes()
     assert array.flags.writeable  # a model may change its inputs in place
