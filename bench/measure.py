@@ -4,6 +4,7 @@ process tree is charged for its CPU time."""
 from __future__ import annotations
 
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,34 @@ def _grpc_once(target: Target, body: bytes) -> tuple[np.ndarray, int]:
     return data.reshape(tuple(out.shape)), len(grpc_load.frame(raw))
 
 
+def load_runner(
+    target: Target, model: str, scenario: Scenario, workdir: Path, good_bytes: int = 0
+) -> Callable[[float], dict[str, Any]]:
+    """The scenario's load generator against ``target``: called with a number of seconds,
+    it runs that long and returns its summary."""
+    payload = payloads.build(scenario.protocol, model, scenario.spec.input_size)
+    name = f"{target.name}-{model}-{scenario.protocol}-c{scenario.concurrency}".replace("/", "_")
+    if scenario.protocol == "grpc":
+        body = workdir / "load" / f"{name}.grpc"
+        body.parent.mkdir(parents=True, exist_ok=True)
+        body.write_bytes(grpc_load.frame(payload.body))
+        log = workdir / "load" / f"{name}.log"
+
+        def grpc_once(seconds: float) -> dict[str, Any]:
+            return grpc_load.run_h2load(
+                target.grpc_port, body, log, scenario.concurrency, seconds, good_bytes
+            )
+
+        return grpc_once
+    script = http_load.write_script(workdir / "load", name, payload)
+    url = f"http://127.0.0.1:{target.http_port}/v2/models/{model}/infer"
+
+    def http_once(seconds: float) -> dict[str, Any]:
+        return http_load.run_wrk(url, script, scenario.concurrency, seconds)
+
+    return http_once
+
+
 def run(
     target: Target,
     model: str,
@@ -76,25 +105,7 @@ def run(
     warmup: float,
     good_bytes: int = 0,
 ) -> dict[str, Any]:
-    payload = payloads.build(scenario.protocol, model, scenario.spec.input_size)
-    name = f"{target.name}-{model}-{scenario.protocol}-c{scenario.concurrency}".replace("/", "_")
-    if scenario.protocol == "grpc":
-        body = workdir / "load" / f"{name}.grpc"
-        body.parent.mkdir(parents=True, exist_ok=True)
-        body.write_bytes(grpc_load.frame(payload.body))
-        log = workdir / "load" / f"{name}.log"
-
-        def once(seconds: float) -> dict[str, Any]:
-            return grpc_load.run_h2load(
-                target.grpc_port, body, log, scenario.concurrency, seconds, good_bytes
-            )
-    else:
-        script = http_load.write_script(workdir / "load", name, payload)
-        url = f"http://127.0.0.1:{target.http_port}/v2/models/{model}/infer"
-
-        def once(seconds: float) -> dict[str, Any]:
-            return http_load.run_wrk(url, script, scenario.concurrency, seconds)
-
+    once = load_runner(target, model, scenario, workdir, good_bytes)
     if warmup > 0:
         once(warmup)
     cpu0 = tree_cpu_seconds(target.pid)

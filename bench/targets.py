@@ -173,7 +173,22 @@ class Target:
 class Ours(Target):
     name = "ours"
 
+    def __init__(
+        self,
+        workdir: Path,
+        cache: Path,
+        only: tuple[models.ModelSpec, ...] = (),
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        """``only`` serves just these models; ``prefix`` runs the server under another
+        program (``valgrind ...``)."""
+        super().__init__(workdir, cache)
+        self.only = only
+        self.prefix = prefix
+
     def serves(self) -> tuple[models.ModelSpec, ...]:
+        if self.only:
+            return self.only
         specs = [models.IDENTITY, models.MLP, models.MLP_NOBATCH, models.HEAVY]
         if importlib.util.find_spec("server.backends.python") is not None:
             specs.append(models.IDENTITY_PY)
@@ -189,6 +204,7 @@ class Ours(Target):
         if importlib.util.find_spec("server.metrics.endpoint") is not None:
             expected.add("Metrics Service")
         command = [
+            *self.prefix,
             sys.executable,
             "-m",
             "server",

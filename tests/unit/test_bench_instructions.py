@@ -22,13 +22,24 @@ def test_reads_the_total_from_callgrinds_summary() -> None:
         instructions.collected("==12== valgrind: failed to start tool")
 
 
+def test_reads_the_total_from_a_callgrind_dump() -> None:
+    dump = "version: 1\ncreator: callgrind-3.19.0\nevents: Ir\nsummary: 681952210\n\nfl=(1) x.c\n"
+    assert instructions.dumped(dump) == 681952210
+    assert instructions.dumped("events: Ir\ntotals: 52\n") == 52
+    with pytest.raises(RuntimeError, match="no total"):
+        instructions.dumped("events: Ir\n")
+
+
 @pytest.mark.parametrize("protocol", payloads.PROTOCOLS)
-async def test_the_counted_path_answers_each_protocol(protocol: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_the_counted_path_answers_each_protocol(
+    protocol: str, concurrency: int, tmp_path: Path
+) -> None:
     spec = models.IDENTITY_PY
     repository = models.write_repository(tmp_path, (spec,), tmp_path / "cache")
     payload = payloads.build(protocol, spec.name, spec.input_size)
     answer = instructions.request_path(protocol, spec.name, payload.body, payload.header_length)
-    reply = await instructions.serve_requests(repository, spec.name, answer, 2)
+    reply = await instructions.serve_requests(repository, spec.name, answer, 2, concurrency)
     expected = payloads.input_array(spec.input_size)
     if protocol == "grpc":
         message = pb.ModelInferResponse.FromString(reply)
