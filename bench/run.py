@@ -5,9 +5,13 @@
     .venv/bin/python bench/run.py --group identity --target ours --target mlserver
     .venv/bin/python bench/run.py --group mlp --protocol grpc --concurrency-range 8:64:8
 
-Servers run one at a time; each repeat starts each server afresh and runs all its scenarios,
-so a drift in the machine's background load touches every server alike. Results go to
-bench/results/ (raw runs under raw/, git-ignored).
+Servers run one at a time, group by group: in each repeat, every server that runs a group's
+scenarios (identity, identity_py, mlp, heavy) starts afresh, runs them and stops before the
+next one starts, and ONNX Runtime's limit is measured right after the heavy model's group. The
+two sides of each target's ratio are thus measured minutes apart at most, and a target is the
+median of its per-repeat ratios: this machine's speed drifts by a quarter over minutes, which
+a ratio of medians taken a repeat apart would carry. Results go to bench/results/ (raw runs
+under raw/, git-ignored).
 """
 
 from __future__ import annotations
@@ -68,12 +72,34 @@ def ort_limit(cache: Path, seconds: float) -> dict[str, Any]:
     return {row["model"]: row for row in map(json.loads, done.stdout.splitlines())}
 
 
+def plan(
+    chosen: list[scenarios.Scenario], targets: list[Target], repeat: int
+) -> list[tuple[Target, list[scenarios.Scenario]]]:
+    """One repeat's order: group by group (identity, identity_py, mlp, heavy), each server
+    that has a scenario in the group runs the group's scenarios, one server after another,
+    so that the two sides of every ratio run minutes apart at most, whatever the machine
+    does over a repeat. The servers' order within a group rotates with the repeat, so that
+    none is always first."""
+    groups: dict[str, list[scenarios.Scenario]] = {}
+    for scenario in chosen:
+        groups.setdefault(scenario.group, []).append(scenario)
+    steps: list[tuple[Target, list[scenarios.Scenario]]] = []
+    for group in groups.values():
+        serving = [t for t in targets if any(t.name in s.targets for s in group)]
+        if not serving:
+            continue
+        turn = repeat % len(serving)
+        steps += [(target, group) for target in serving[turn:] + serving[:turn]]
+    return steps
+
+
 def run_target(
     target: Target,
     chosen: list[scenarios.Scenario],
     args: argparse.Namespace,
     repeat: int,
     sink: Any,
+    run: str = "",
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     start_reported(target)
@@ -87,6 +113,7 @@ def run_target(
             ):
                 continue
             row: dict[str, Any] = {
+                "run": run,
                 "repeat": repeat,
                 "target": target.name,
                 "scenario": scenario.key,
@@ -182,8 +209,10 @@ def from_raw(paths: list[Path], out: Path, duration: float, warmup: float) -> in
         fresh: dict[tuple[str, str, int], dict[str, Any]] = {}
         for line in path.read_text().splitlines():
             record = json.loads(line)
+            # Rows of runs that did not record their run are told apart by their file.
+            record.setdefault("run", path.stem)
             if "ort_limit" in record:
-                limits.append(record["ort_limit"])
+                limits.append(record)
             else:
                 fresh[(record["target"], record["scenario"], record["repeat"])] = record
         replaced = {(t, s) for t, s, _ in fresh}
@@ -241,12 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     with open(raw_path, "w") as sink:
         for repeat in range(args.repeats):
             print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
-            for target in targets:
-                rows += run_target(target, chosen, args, repeat, sink)
+            for target, group in plan(chosen, targets, repeat):
+                rows += run_target(target, group, args, repeat, sink, stamp)
             if not args.no_ort_limit:
+                # Right after the heavy model's group, the last: its ratio's two sides.
                 limit = ort_limit(args.cache, 1.0 if args.quick else 2.0)
-                limits.append(limit)
-                sink.write(json.dumps({"repeat": repeat, "ort_limit": limit}) + "\n")
+                record = {"run": stamp, "repeat": repeat, "ort_limit": limit}
+                limits.append(record)
+                sink.write(json.dumps(record) + "\n")
                 print("   ort limit:", {m: round(v["best"]) for m, v in limit.items()}, flush=True)
     info["load_end"] = os.getloadavg()
     summary = report.summarize(rows, limits, info)
