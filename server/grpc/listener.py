@@ -29,7 +29,7 @@ import struct
 import urllib.parse
 import zlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import grpc
 import hpack
@@ -140,6 +140,18 @@ def _literal(name: bytes, value: bytes) -> bytes:
 # ":status: 200" is entry 8 of the static table; content-type (entry 31) as a literal.
 _OK_HEAD = b"\x88" + _hpack_int(31, 4) + _hpack_int(len(_GRPC_CONTENT_TYPE), 7) + _GRPC_CONTENT_TYPE
 _STATUS_OK = _literal(b"grpc-status", b"0")
+# The first five bytes (length, type, flags) of the frames of a plain unary answer's
+# headers and trailers; the stream's identifier and the block follow.
+_OK_HEAD_FRAME = _frame_head(HEADERS, END_HEADERS, 0, len(_OK_HEAD))[:5]
+_TRAILERS_OK_FRAME = _frame_head(HEADERS, END_HEADERS | END_STREAM, 0, len(_STATUS_OK))[:5]
+
+
+def _head_block(encoding: str | None) -> bytes:
+    """The response's header block: gRPC's status and content type, and the messages'
+    compression when they are compressed."""
+    if encoding is not None:
+        return _OK_HEAD + _literal(b"grpc-encoding", encoding.encode())
+    return _OK_HEAD
 
 
 def _grpc_message(details: str) -> bytes:
@@ -367,6 +379,42 @@ class GrpcListener:
             await self._server.wait_closed()
 
 
+class _Head(NamedTuple):
+    """A request's header block, decoded, with what the listener reads from it; remembered
+    per distinct block (``_Connection._decode``), as a client repeats the same few."""
+
+    headers: list[tuple[bytes, bytes]]
+    path: bytes
+    method: bytes
+    content_type: bytes
+    timeout: float | None
+    encoding: str
+    accept: str
+
+    @classmethod
+    def of(cls, headers: list[tuple[bytes, bytes]]) -> _Head:
+        path = content_type = b""
+        method = b"POST"
+        timeout: float | None = None
+        encoding, accept = "identity", ""
+        for name, value in headers:
+            if name == b":path":
+                path = value
+            elif name == b":method":
+                method = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"grpc-timeout":
+                seconds = parse_timeout(value)
+                if seconds is not None:
+                    timeout = seconds
+            elif name == b"grpc-encoding":
+                encoding = value.decode("latin-1")
+            elif name == b"grpc-accept-encoding":
+                accept = value.decode("latin-1")
+        return cls(headers, path, method, content_type, timeout, encoding, accept)
+
+
 class _Stream:
     __slots__ = (
         "id",
@@ -462,7 +510,7 @@ class _Connection(WriteFlow, asyncio.Protocol):
         self.inflow: list[Any] | None = None
         self.preface = False
         self.decoder = hpack.Decoder(max_header_list_size=_HEADER_LIST_LIMIT)
-        self.blocks: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self.blocks: dict[bytes, _Head] = {}
         self.continuing: tuple[int, int, list[bytes]] | None = None
         self.streams: dict[int, _Stream] = {}
         self.last_stream = 0
@@ -781,7 +829,7 @@ class _Connection(WriteFlow, asyncio.Protocol):
         else:
             self.continuing = (stream_id, flags & END_STREAM, [block])
 
-    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+    def _decode(self, block: bytes) -> _Head:
         known = self.blocks.get(block)
         if known is not None:
             return known
@@ -789,16 +837,17 @@ class _Connection(WriteFlow, asyncio.Protocol):
             headers = cast(list[tuple[bytes, bytes]], self.decoder.decode(block, raw=True))
         except hpack.HPACKError as exc:
             raise _ConnectionError(COMPRESSION_ERROR, str(exc)) from None
+        head = _Head.of(headers)
         if _only_indexed_or_plain_literals(block):
             if len(self.blocks) >= 256:
                 self.blocks.clear()
-            self.blocks[block] = headers
+            self.blocks[block] = head
         else:
             self.blocks.clear()  # the table changed: remembered blocks may now mean otherwise
-        return headers
+        return head
 
     def _on_headers(self, stream_id: int, end_stream: int, block: bytes) -> None:
-        headers = self._decode(block)
+        head = self._decode(block)
         stream = self.streams.get(stream_id)
         if stream is not None:
             # Trailers from the client: they end its side of the stream.
@@ -812,37 +861,25 @@ class _Connection(WriteFlow, asyncio.Protocol):
             return  # a stream this side has already closed
         self.last_stream = stream_id
         self.pings_without_data = 0
-        stream = _Stream(self, stream_id, headers)
+        stream = _Stream(self, stream_id, head.headers)
         if self.going_away:
             self.out.append(_frame(RST_STREAM, 0, stream_id, struct.pack(">I", REFUSED_STREAM)))
             return
         if len(self.streams) >= _MAX_STREAMS:
             self.out.append(_frame(RST_STREAM, 0, stream_id, struct.pack(">I", REFUSED_STREAM)))
             return
-        method_name = b"POST"
-        content_type = b""
-        for name, value in headers:
-            if name == b":path":
-                stream.path = value
-            elif name == b":method":
-                method_name = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"grpc-timeout":
-                seconds = parse_timeout(value)
-                if seconds is not None:
-                    stream.deadline = self.loop.time() + seconds
-            elif name == b"grpc-encoding":
-                stream.encoding = value.decode("latin-1")
-            elif name == b"grpc-accept-encoding":
-                stream.accept = value.decode("latin-1")
+        stream.path = head.path
+        if head.timeout is not None:
+            stream.deadline = self.loop.time() + head.timeout
+        stream.encoding = head.encoding
+        stream.accept = head.accept
         self.streams[stream_id] = stream
         if end_stream:
             stream.remote_closed = True
-        if not content_type.startswith(_GRPC_CONTENT_TYPE):
+        if not head.content_type.startswith(_GRPC_CONTENT_TYPE):
             self._http_error(stream, b"415", b"invalid gRPC request content-type")
             return
-        if method_name != b"POST":
+        if head.method != b"POST":
             self._http_error(stream, b"405", b"gRPC requires POST")
             return
         method = self.listener.methods.get(stream.path)
@@ -1008,7 +1045,9 @@ class _Connection(WriteFlow, asyncio.Protocol):
                 response = await method.handler(request, context)
                 if response is None:
                     raise _Abort(context.code or grpc.StatusCode.UNKNOWN, context.details)
-                await self._send_message(stream, context, _serialized(response), last=True)
+                data = _serialized(response)
+                if context.compression or not self._send_whole(stream, b"\x00", data, True):
+                    await self._send_message(stream, context, data, last=True)
                 return
         except _Abort as abort:
             code, details = abort.code, abort.details
@@ -1042,6 +1081,8 @@ class _Connection(WriteFlow, asyncio.Protocol):
             if len(messages) != 1 or stream.partial:
                 raise _Abort(grpc.StatusCode.INTERNAL, _UNREADABLE)
             message = messages[0]
+        if not message[0]:  # not compressed: no coroutine to await
+            return _decoded(decode, memoryview(message)[5:])
         return _decoded(decode, await self._payload(stream, message))
 
     async def _requests(self, stream: _Stream, decode: Callable[[Any], Any]) -> AsyncIterator[Any]:
@@ -1094,7 +1135,6 @@ class _Connection(WriteFlow, asyncio.Protocol):
         next execution cannot change a response on its way out."""
         if stream.local_closed or self.closed:
             raise asyncio.CancelledError()
-        head = b""
         flag = b"\x00"
         encoding = _ENCODING_NAMES.get(context.compression) if context.compression else None
         if encoding is not None and encoding in stream.accept:
@@ -1107,42 +1147,63 @@ class _Connection(WriteFlow, asyncio.Protocol):
                 else compress(data)
             )
             flag = b"\x01"
+        else:
+            encoding = None  # sent as it is
+        if self._send_whole(stream, flag, data, last, encoding):
+            return
         if not stream.head_sent:
             stream.head_sent = True
-            block = _OK_HEAD
-            if flag == b"\x01":
-                block += _literal(b"grpc-encoding", encoding.encode())  # type: ignore[union-attr]
-            head = _frame(HEADERS, END_HEADERS, stream.id, block)
+            self.write(_frame(HEADERS, END_HEADERS, stream.id, _head_block(encoding)))
+        pieces = data if isinstance(data, list) else [data]
+        message = b"".join([flag + sum(map(len, pieces)).to_bytes(4, "big"), *pieces])
+        await self._write_data(stream, memoryview(message))
+        if last:
+            self._finish(stream, grpc.StatusCode.OK, "")
+
+    def _send_whole(
+        self,
+        stream: _Stream,
+        flag: bytes,
+        data: bytes | list[bytes | memoryview],
+        last: bool,
+        encoding: str | None = None,
+    ) -> bool:
+        """Write one message (``flag``: compressed or not) in one go, with the response's
+        headers if they are still owed (naming ``encoding``, the messages' compression) and,
+        for the ``last``, the trailers; False, having written nothing, when the flow control
+        windows, the peer's frame size or a paused transport do not allow it."""
+        if stream.local_closed or self.closed:
+            raise asyncio.CancelledError()
         pieces = data if isinstance(data, list) else [data]
         length = 0
         for piece in pieces:
             length += len(piece)
-        prefix = flag + length.to_bytes(4, "big")
         size = length + 5
         if (
-            size <= self.send_window
-            and size <= stream.send_window
-            and size <= self.peer_max_frame
-            and not self.write_paused
+            size > self.send_window
+            or size > stream.send_window
+            or size > self.peer_max_frame
+            or self.write_paused
         ):
-            # One write for the whole response: headers, the message and, for a unary call,
-            # the trailers.
-            self.send_window -= size
-            stream.send_window -= size
-            parts = [head, _frame_head(DATA, 0, stream.id, size), prefix, *pieces]
-            if last:
-                parts.append(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id, _STATUS_OK))
-            self.write(b"".join(parts))
-            if last:
-                self._closed_locally(stream)
-            self._sent_data()
-            return
-        message = b"".join([prefix, *pieces])
-        if head:
-            self.write(head)
-        await self._write_data(stream, memoryview(message))
+            return False
+        self.send_window -= size
+        stream.send_window -= size
+        sid = stream.id.to_bytes(4, "big")
+        parts: list[bytes | memoryview] = []
+        if not stream.head_sent:
+            stream.head_sent = True
+            if encoding is None:
+                parts += [_OK_HEAD_FRAME, sid, _OK_HEAD]
+            else:
+                parts.append(_frame(HEADERS, END_HEADERS, stream.id, _head_block(encoding)))
+        parts += [_frame_head(DATA, 0, stream.id, size), flag, length.to_bytes(4, "big"), *pieces]
         if last:
-            self._finish(stream, grpc.StatusCode.OK, "")
+            parts += [_TRAILERS_OK_FRAME, sid, _STATUS_OK]
+        self.write(b"".join(parts))
+        if last:
+            self._closed_locally(stream)
+        self._sent_data()
+        return True
 
     async def _write_data(self, stream: _Stream, view: memoryview) -> None:
         while view:
