@@ -33,6 +33,8 @@ _MAX_QUEUED = 16
 _MAX_HEAD = 64 * 1024
 # Responses at least this large go out as two buffers instead of one joined copy.
 _JOIN_LIMIT = 64 * 1024
+# Distinct request URLs whose inference targets are remembered (``HttpServer.target_of``).
+_TARGETS_KEPT = 1024
 
 STATUS_LINES = {
     status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode("latin-1")
@@ -151,6 +153,20 @@ class HttpServer:
         self._closed = asyncio.Event()
         self._sweeper: asyncio.TimerHandle | None = None
         self.exiting = False
+        # Request URLs' inference targets (``infer_target``): clients repeat a few URLs.
+        self._targets: dict[bytes, tuple[str, str | None] | None] = {}
+
+    def target_of(self, url: bytes) -> tuple[str, str | None] | None:
+        """``infer_target`` of a request URL (its query left aside), remembered."""
+        try:
+            return self._targets[url]
+        except KeyError:
+            pass
+        target = infer_target(url.partition(b"?")[0])
+        if len(self._targets) >= _TARGETS_KEPT:
+            self._targets.clear()
+        self._targets[url] = target
+        return target
 
     async def start(self, sock: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -223,6 +239,8 @@ class _Connection(WriteFlow, asyncio.Protocol):
         # The socket to acknowledge at once while a request body is still arriving.
         self.ack_socket: Any = None
         self.body_pending = False
+        # Reading paused because ``_MAX_QUEUED`` pipelined requests wait.
+        self.queue_full = False
 
     # --- transport callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -334,6 +352,7 @@ class _Connection(WriteFlow, asyncio.Protocol):
         if self.task is None:
             self._next()
         elif len(self.queue) >= _MAX_QUEUED:
+            self.queue_full = True
             self.transport.pause_reading()
 
     # --- answering ----------------------------------------------------------------
@@ -354,7 +373,8 @@ class _Connection(WriteFlow, asyncio.Protocol):
                 self.active_at = self.loop.time()
             return
         request = self.queue.popleft()
-        if len(self.queue) < _MAX_QUEUED // 2 and not self.invalid:
+        if self.queue_full and len(self.queue) < _MAX_QUEUED // 2 and not self.invalid:
+            self.queue_full = False
             self.transport.resume_reading()
         self.answering_infer = False
         self.task = self.loop.create_task(self._answer(request))
@@ -363,7 +383,7 @@ class _Connection(WriteFlow, asyncio.Protocol):
         try:
             target = None
             if request.method == b"POST" and self.server.infer is not None:
-                target = infer_target(request.url.partition(b"?")[0])
+                target = self.server.target_of(request.url)
             if request.too_large and self.server.too_large is not None:
                 self._reply(request, self.server.too_large(request))
             elif target is not None:
@@ -402,6 +422,25 @@ class _Connection(WriteFlow, asyncio.Protocol):
         if self.closing:
             return
         body = reply.body
+        if (
+            request.keep_alive
+            and not self.server.exiting
+            and len(body) < _JOIN_LIMIT
+            and request.method != b"HEAD"
+            and not _says_close(reply.headers)
+        ):
+            # The usual answer, kept alive: its head written straight into the one write.
+            parts = [
+                STATUS_LINES.get(reply.status) or b"HTTP/1.1 %d \r\n" % reply.status,
+                b"content-length: %d\r\ncontent-type: " % len(body),
+                reply.content_type,
+                b"\r\n",
+            ]
+            for name, value in reply.headers:
+                parts += (name, b": ", value, b"\r\n")
+            parts += (b"\r\n", body)
+            self.transport.write(b"".join(parts))
+            return
         fields = [(b"content-length", b"%d" % len(body)), (b"content-type", reply.content_type)]
         head = _head(reply.status, fields + reply.headers, request, self.server.exiting)
         if request.method == b"HEAD":
@@ -553,14 +592,20 @@ def _head(
     the connection closes after it: when the client or the response says so, or the server is
     exiting; a closing connection's response says ``connection: close``."""
     head = [STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
-    says_close = False
     for name, value in headers:
-        if name == b"connection" and b"close" in value.lower():
-            says_close = True
         head += [name, b": ", value, b"\r\n"]
+    says_close = _says_close(headers)
     if says_close or exiting:
         request.keep_alive = False
     if not request.keep_alive and not says_close:
         head.append(b"connection: close\r\n")
     head.append(b"\r\n")
     return head
+
+
+def _says_close(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a response's headers close the connection after it."""
+    for name, value in headers:
+        if name == b"connection" and b"close" in value.lower():
+            return True
+    return False

@@ -62,6 +62,17 @@ def test_paths_left_to_the_application(path: bytes) -> None:
     assert infer_target(path) is None
 
 
+def test_the_server_remembers_targets_within_a_bound() -> None:
+    server = server_module.HttpServer(None)
+    urls = [
+        b"/v2/models/m%d/infer?x=%d" % (i % 7, i) for i in range(3 * server_module._TARGETS_KEPT)
+    ]
+    urls += [b"/v2/models/simple/versions/2/infer", b"/v2/models/sim%70le/infer", b"/x?y"]
+    for url in urls + urls[::-1]:
+        assert server.target_of(url) == infer_target(url.partition(b"?")[0])
+    assert len(server._targets) <= server_module._TARGETS_KEPT
+
+
 @pytest.mark.parametrize(
     "path",
     [
