@@ -35,6 +35,8 @@ _MAX_HEAD = 64 * 1024
 _JOIN_LIMIT = 64 * 1024
 # Distinct request URLs whose inference targets are remembered (``HttpServer.target_of``).
 _TARGETS_KEPT = 1024
+# ... and only URLs this long at most: a request's head may hold 64 KiB of them.
+_TARGET_URL_KEPT = 512
 
 STATUS_LINES = {
     status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode("latin-1")
@@ -163,9 +165,10 @@ class HttpServer:
         except KeyError:
             pass
         target = infer_target(url.partition(b"?")[0])
-        if len(self._targets) >= _TARGETS_KEPT:
-            self._targets.clear()
-        self._targets[url] = target
+        if len(url) <= _TARGET_URL_KEPT:
+            if len(self._targets) >= _TARGETS_KEPT:
+                self._targets.clear()
+            self._targets[url] = target
         return target
 
     async def start(self, sock: Any) -> None:

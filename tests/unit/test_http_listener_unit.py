@@ -73,6 +73,14 @@ def test_the_server_remembers_targets_within_a_bound() -> None:
     assert len(server._targets) <= server_module._TARGETS_KEPT
 
 
+def test_long_urls_are_answered_but_not_remembered() -> None:
+    server = server_module.HttpServer(None)
+    long = b"/v2/models/long/infer?" + b"q" * 60_000
+    assert server.target_of(long) == ("long", None)
+    assert server.target_of(b"/v2/models/short/infer") == ("short", None)
+    assert list(server._targets) == [b"/v2/models/short/infer"]
+
+
 @pytest.mark.parametrize(
     "path",
     [
