@@ -440,16 +440,14 @@ class _Stream:
         "wake",
     )
 
-    def __init__(
-        self, connection: _Connection, stream_id: int, headers: list[tuple[bytes, bytes]]
-    ) -> None:
+    def __init__(self, connection: _Connection, stream_id: int, head: _Head) -> None:
         self.id = stream_id
         self.connection = connection
-        self.headers = headers
-        self.path = b""
+        self.headers = head.headers
+        self.path = head.path
         self.deadline: float | None = None
-        self.encoding = "identity"
-        self.accept = ""
+        self.encoding = head.encoding
+        self.accept = head.accept
         self.send_window = connection.peer_initial_window
         self.received = 0
         # Window given back to the client so far, and bytes of complete messages that wait
@@ -861,18 +859,15 @@ class _Connection(WriteFlow, asyncio.Protocol):
             return  # a stream this side has already closed
         self.last_stream = stream_id
         self.pings_without_data = 0
-        stream = _Stream(self, stream_id, head.headers)
+        stream = _Stream(self, stream_id, head)
         if self.going_away:
             self.out.append(_frame(RST_STREAM, 0, stream_id, struct.pack(">I", REFUSED_STREAM)))
             return
         if len(self.streams) >= _MAX_STREAMS:
             self.out.append(_frame(RST_STREAM, 0, stream_id, struct.pack(">I", REFUSED_STREAM)))
             return
-        stream.path = head.path
         if head.timeout is not None:
             stream.deadline = self.loop.time() + head.timeout
-        stream.encoding = head.encoding
-        stream.accept = head.accept
         self.streams[stream_id] = stream
         if end_stream:
             stream.remote_closed = True
@@ -1133,11 +1128,11 @@ class _Connection(WriteFlow, asyncio.Protocol):
         """Write one message; ``data`` may come in pieces (``_serialized``). The bytes are
         joined before anything is awaited, so a model that reuses its output buffers for its
         next execution cannot change a response on its way out."""
-        if stream.local_closed or self.closed:
-            raise asyncio.CancelledError()
         flag = b"\x00"
         encoding = _ENCODING_NAMES.get(context.compression) if context.compression else None
         if encoding is not None and encoding in stream.accept:
+            if stream.local_closed or self.closed:  # before compressing for nobody
+                raise asyncio.CancelledError()
             if isinstance(data, list):
                 data = b"".join(data)
             compress = _COMPRESSORS[encoding]

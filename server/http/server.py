@@ -425,27 +425,8 @@ class _Connection(WriteFlow, asyncio.Protocol):
         if self.closing:
             return
         body = reply.body
-        if (
-            request.keep_alive
-            and not self.server.exiting
-            and len(body) < _JOIN_LIMIT
-            and request.method != b"HEAD"
-            and not _says_close(reply.headers)
-        ):
-            # The usual answer, kept alive: its head written straight into the one write.
-            parts = [
-                STATUS_LINES.get(reply.status) or b"HTTP/1.1 %d \r\n" % reply.status,
-                b"content-length: %d\r\ncontent-type: " % len(body),
-                reply.content_type,
-                b"\r\n",
-            ]
-            for name, value in reply.headers:
-                parts += (name, b": ", value, b"\r\n")
-            parts += (b"\r\n", body)
-            self.transport.write(b"".join(parts))
-            return
-        fields = [(b"content-length", b"%d" % len(body)), (b"content-type", reply.content_type)]
-        head = _head(reply.status, fields + reply.headers, request, self.server.exiting)
+        fields = b"content-length: %d\r\ncontent-type: %s\r\n" % (len(body), reply.content_type)
+        head = _head(reply.status, reply.headers, request, self.server.exiting, fields)
         if request.method == b"HEAD":
             self.transport.write(b"".join(head))
         elif len(body) < _JOIN_LIMIT:
@@ -589,14 +570,19 @@ class _Bridge:
 
 
 def _head(
-    status: int, headers: list[tuple[bytes, bytes]], request: Request, exiting: bool
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    request: Request,
+    exiting: bool,
+    fields: bytes = b"",
 ) -> list[bytes]:
-    """The status line and headers of a response. Decides, on ``request.keep_alive``, whether
-    the connection closes after it: when the client or the response says so, or the server is
-    exiting; a closing connection's response says ``connection: close``."""
-    head = [STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
+    """The status line and headers of a response, ``fields`` (header lines written out
+    already) first. Decides, on ``request.keep_alive``, whether the connection closes after
+    it: when the client or the response says so, or the server is exiting; a closing
+    connection's response says ``connection: close``."""
+    head = [STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status, fields]
     for name, value in headers:
-        head += [name, b": ", value, b"\r\n"]
+        head += (name, b": ", value, b"\r\n")
     says_close = _says_close(headers)
     if says_close or exiting:
         request.keep_alive = False
