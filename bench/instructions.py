@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -161,14 +159,6 @@ def count_instructions(args: argparse.Namespace, repository: Path, requests: int
     return collected(done.stderr)
 
 
-def model_counts(http_port: int, model: str) -> tuple[int, int]:
-    """The model's (inference_count, execution_count) from the statistics extension."""
-    url = f"http://127.0.0.1:{http_port}/v2/models/{model}/stats"
-    with urllib.request.urlopen(url, timeout=60) as response:
-        stats = json.load(response)["model_stats"][0]
-    return int(stats["inference_count"]), int(stats["execution_count"])
-
-
 def count_through_sockets(args: argparse.Namespace, workdir: Path) -> tuple[float, float]:
     """(instructions per request, requests per execution) of the whole server under load."""
     valgrind = shutil.which("valgrind")
@@ -185,13 +175,13 @@ def count_through_sockets(args: argparse.Namespace, workdir: Path) -> tuple[floa
         target.start()
         load = measure.load_runner(target, args.model, scenario, workdir)
         load(args.warmup)
-        before = model_counts(target.http_port, args.model)
+        before = measure.model_counts(target, args.model)
         subprocess.run([control, "--zero", str(target.pid)], capture_output=True, check=True)
         load(args.seconds)
         subprocess.run(
             [control, "--dump=measured", str(target.pid)], capture_output=True, check=True
         )
-        after = model_counts(target.http_port, args.model)
+        after = measure.model_counts(target, args.model)
     finally:
         target.stop()
     measured = [path for path in dumps.iterdir() if path.name.endswith(".1")]

@@ -68,6 +68,16 @@ def _grpc_once(target: Target, body: bytes) -> tuple[np.ndarray, int]:
     return data.reshape(tuple(out.shape)), len(grpc_load.frame(raw))
 
 
+def model_counts(target: Target, model: str) -> tuple[int, int]:
+    """The model's (inference_count, execution_count) from the server's statistics extension
+    (on ``target.stats_port`` where a layout serves them apart from its HTTP port)."""
+    port = getattr(target, "stats_port", target.http_port)
+    url = f"http://127.0.0.1:{port}/v2/models/{model}/stats"
+    with urllib.request.urlopen(url, timeout=60) as response:
+        stats = orjson.loads(response.read())["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
 def load_runner(
     target: Target, model: str, scenario: Scenario, workdir: Path, good_bytes: int = 0
 ) -> Callable[[float], dict[str, Any]]:

@@ -25,13 +25,12 @@ import statistics
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import frontends, grpc_load, http_load, measure, models, payloads  # noqa: E402
+from bench import frontends, measure, models  # noqa: E402
 from bench.scenarios import Scenario  # noqa: E402
 from bench.targets import (  # noqa: E402
     Ours,
@@ -89,30 +88,6 @@ class Thin(Ours):
             time.sleep(0.1)
 
 
-def _load(
-    target: Target, protocol: str, connections: int, seconds: float, workdir: Path, good: int
-) -> dict[str, Any]:
-    payload = payloads.build(protocol, MODEL.name, MODEL.input_size)
-    name = f"{target.name}-{protocol}-c{connections}"
-    if protocol == "grpc":
-        body = workdir / "load" / f"{name}.grpc"
-        body.parent.mkdir(parents=True, exist_ok=True)
-        body.write_bytes(grpc_load.frame(payload.body))
-        log = workdir / "load" / f"{name}.log"
-        return grpc_load.run_h2load(target.grpc_port, body, log, connections, seconds, good)
-    script = http_load.write_script(workdir / "load", name, payload)
-    url = f"http://127.0.0.1:{target.http_port}/v2/models/{MODEL.name}/infer"
-    return http_load.run_wrk(url, script, connections, seconds)
-
-
-def _executions(target: Target) -> tuple[int, int]:
-    port = getattr(target, "stats_port", target.http_port)
-    url = f"http://127.0.0.1:{port}/v2/models/{MODEL.name}/stats"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        stats = json.loads(response.read())["model_stats"][0]
-    return int(stats["inference_count"]), int(stats["execution_count"])
-
-
 def measure_layout(
     label: str, targets: list[Target], protocol: str, seconds: float, warmup: float, workdir: Path
 ) -> dict[str, Any]:
@@ -125,7 +100,8 @@ def measure_layout(
 
         def one(index: int) -> None:
             target = targets[index]
-            results[index] = _load(target, protocol, share, duration, workdir, good[index])
+            load = measure.load_runner(target, MODEL.name, scenario, workdir, good[index])
+            results[index] = load(duration)
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(len(targets))]
         for thread in threads:
@@ -137,7 +113,7 @@ def measure_layout(
     if warmup > 0:
         together(warmup)
     counted = not label.startswith("triton")
-    before = [_executions(t) for t in targets] if counted else []
+    before = [measure.model_counts(t, MODEL.name) for t in targets] if counted else []
     cpu0 = sum(tree_cpu_seconds(t.pid) for t in targets)
     runs = together(seconds)
     cpu = sum(tree_cpu_seconds(t.pid) for t in targets) - cpu0
@@ -152,7 +128,7 @@ def measure_layout(
         "server_rss_mb": sum(tree_rss_bytes(t.pid) for t in targets) / 2**20,
     }
     if counted:
-        after = [_executions(t) for t in targets]
+        after = [measure.model_counts(t, MODEL.name) for t in targets]
         inferences = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
         executions = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
         row["requests_per_execution"] = inferences / max(executions, 1)
