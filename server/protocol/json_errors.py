@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from typing import Any
 
 import orjson
@@ -106,6 +107,28 @@ def _with_surrogates(value: Any) -> Any:
 
 # Below this size orjson builds the whole document faster than simdjson's proxies do.
 LAZY_MIN_BYTES = 2048
+# A parser keeps buffers sized for the largest document it has read; one kept for reuse
+# reads documents up to this size, so that one huge body does not stay resident.
+KEPT_PARSER_MAX_BYTES = 1 << 20
+
+_kept = threading.local()
+
+
+def _simdjson_parse(buffer: bytes | memoryview) -> Any:
+    """simdjson's parse, on a parser kept per thread when the document is not too large: a
+    fresh parser allocates its buffers anew for every document."""
+    if len(buffer) > KEPT_PARSER_MAX_BYTES:
+        return simdjson.Parser().parse(buffer)
+    parser = getattr(_kept, "parser", None)
+    if parser is None:
+        parser = _kept.parser = simdjson.Parser()
+    try:
+        return parser.parse(buffer)
+    except RuntimeError:
+        # simdjson refuses to reuse a parser while an Object or Array of its last document
+        # is still referenced; a new one is kept instead, and the old one goes with them.
+        parser = _kept.parser = simdjson.Parser()
+        return parser.parse(buffer)
 
 
 def loads_infer(buffer: bytes | memoryview) -> Any:
@@ -115,7 +138,7 @@ def loads_infer(buffer: bytes | memoryview) -> Any:
     beyond 64 bits, a syntax error) goes through ``loads``, which decides and words it."""
     if len(buffer) >= LAZY_MIN_BYTES:
         try:
-            document = simdjson.Parser().parse(buffer)
+            document = _simdjson_parse(buffer)
             if isinstance(document, simdjson.Object):
                 return _lazy_inputs(document)
         except Exception:  # noqa: BLE001 - every refusal is decided again below

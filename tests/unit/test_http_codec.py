@@ -412,6 +412,41 @@ def test_large_documents_take_the_fast_parser_by_default(monkeypatch: pytest.Mon
     assert isinstance(json_errors.loads_infer(large)["inputs"][0]["data"], simdjson.Array)
 
 
+def test_one_parser_per_thread_reads_documents_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(json_errors, "LAZY_MIN_BYTES", 0)
+    monkeypatch.setattr(json_errors, "KEPT_PARSER_MAX_BYTES", 200)
+    made: list[object] = []
+    real = simdjson.Parser
+
+    def counted() -> object:
+        made.append(real())
+        return made[-1]
+
+    monkeypatch.setattr(json_errors.simdjson, "Parser", counted)
+
+    def data(values: list[int], pad: int = 0) -> object:
+        text = json.dumps(_one("INT32", [len(values)], values)).encode() + b" " * pad
+        return json_errors.loads_infer(text)["inputs"][0]["data"]
+
+    assert list(data([0])) == [0]  # the thread's parser, made now if it had none or it is busy
+    made.clear()
+    assert [list(data([i, i + 1])) for i in range(5)] == [[i, i + 1] for i in range(5)]
+    assert made == []
+    # While an array of the kept parser's document is held, a new parser reads the next
+    # and is kept from then on.
+    held = data([7, 8])
+    assert list(data([9])) == [9] and list(held) == [7, 8]
+    assert len(made) == 1
+    assert list(data([10])) == [10] and list(held) == [7, 8]
+    assert len(made) == 1
+    del held
+    # A document past the size a kept parser reads gets a parser of its own.
+    assert list(data([1, 2, 3], pad=300)) == [1, 2, 3]
+    assert len(made) == 2
+    assert list(data([4])) == [4]
+    assert len(made) == 2
+
+
 def test_bytes_count_is_checked_with_the_model_name() -> None:
     # Kept on the input: validation reports it after every input's datatype and shape.
     (tensor,) = decode(
