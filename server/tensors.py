@@ -321,8 +321,13 @@ def to_bytes(array: np.ndarray, datatype: str) -> bytes | memoryview:
     dtype = NUMPY_DTYPES[datatype]
     if array.dtype != dtype:
         array = array.astype(dtype)
+    if not array.size:
+        return b""
     array = np.ascontiguousarray(array)
-    return array.reshape(-1).view(np.uint8).data if array.size else b""
+    try:
+        return array.data.cast("B")
+    except ValueError:  # a dtype the buffer protocol cannot describe (ml_dtypes' bfloat16)
+        return array.reshape(-1).view(np.uint8).data
 
 
 def byte_size(array: np.ndarray, datatype: str) -> int:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 _LEADING_INT = re.compile(rb"\s*([+-]?\d+)")
 _CONTENT_FIELDS = ("data", "binary_data_size", "shared_memory_region")
 _DATA_ONLY = ("data",)
+_BINARY_ONLY = ("binary_data_size",)
 # The name Triton gives the one input of a raw binary request in its byte-size message.
 RAW_INPUT = "raw_input"
 
@@ -60,8 +61,11 @@ def header_length(value: str | None, body_length: int) -> int | None:
     without any reads as 0, which makes the request a raw binary one."""
     if value is None:
         return None
-    match = _LEADING_INT.match(value.encode("latin-1", "replace"))
-    length = int(match.group(1)) if match else 0
+    if value.isdigit() and value.isascii():
+        length = int(value)
+    else:
+        match = _LEADING_INT.match(value.encode("latin-1", "replace"))
+        length = int(match.group(1)) if match else 0
     if length < 0 or length > body_length:
         raise invalid_arg(
             f"inference header size should be in range (0, {body_length}), got: {length}"
@@ -148,6 +152,12 @@ def _decode_input(
     present: tuple[str, ...]
     if "data" in fields and not params:
         present = _DATA_ONLY  # the common JSON input, without building the tuple
+    elif (
+        "binary_data_size" in params
+        and "data" not in fields
+        and "shared_memory_region" not in params
+    ):
+        present = _BINARY_ONLY  # the common binary input, likewise
     else:
         present = tuple(
             name

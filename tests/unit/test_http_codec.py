@@ -178,6 +178,7 @@ def test_bytes_that_are_not_utf8_pass_through_as_replacement_characters() -> Non
         ("5x", 10, 5),
         (" 7", 10, 7),
         ("10", 10, 10),
+        ("\u0663", 10, 0),  # a digit to Python, not to strtol
     ],
 )
 def test_header_length_reads_like_strtol(

@@ -13,6 +13,7 @@ from server.core import classify
 from server.errors import Code, ServerError
 from server.http import compression
 from server.tensors import (
+    NUMPY_DTYPES,
     deserialize_bytes,
     from_buffer,
     serialize_bytes,
@@ -142,6 +143,13 @@ def test_numeric_round_trip(dtype: type, wire: str) -> None:
 def test_non_contiguous_arrays_serialize_in_row_major_order() -> None:
     array = np.arange(12, dtype=np.int32).reshape(3, 4).T
     assert bytes(to_bytes(array, "INT32")) == np.ascontiguousarray(array).tobytes()
+
+
+def test_bfloat16_and_empty_arrays_serialize() -> None:
+    # ml_dtypes' bfloat16 has no buffer-protocol format, so it takes the byte view instead.
+    array = np.arange(6, dtype=np.float32).reshape(2, 3).astype(NUMPY_DTYPES["BF16"])
+    assert bytes(to_bytes(array, "BF16")) == array.tobytes()
+    assert to_bytes(np.empty((0, 3), dtype=np.float32), "FP32") == b""
 
 
 def test_decompress_gzip_and_deflate_and_limit() -> None:
