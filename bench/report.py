@@ -130,9 +130,7 @@ def evaluate(table: list[dict[str, Any]], limit: dict[str, Any]) -> list[dict[st
         if a is None or b is None or not b.get(metric):
             return None, []
         return paired_ratio(
-            {k: v[metric] for k, v in a.get("per_repeat", {}).items()},
-            {k: v[metric] for k, v in b.get("per_repeat", {}).items()},
-            float(a[metric]) / float(b[metric]),
+            _by_repeat(a, metric), _by_repeat(b, metric), float(a[metric]) / float(b[metric])
         )
 
     for protocol in ("http-json", "grpc"):
@@ -180,12 +178,17 @@ def evaluate(table: list[dict[str, Any]], limit: dict[str, Any]) -> list[dict[st
         measured: tuple[float | None, list[float]] = (None, [])
         if heavy and best:
             measured = paired_ratio(
-                {k: v["rps"] for k, v in heavy.get("per_repeat", {}).items()},
+                _by_repeat(heavy, "rps"),
                 heavy_limit.get("best_per_repeat", {}),
                 heavy["rps"] / best,
             )
         check(f"heavy c=64 {protocol}: vs in-process ORT best", measured, threshold, True)
     return checks
+
+
+def _by_repeat(entry: dict[str, Any], metric: str) -> dict[str, float]:
+    """A table entry's ``metric`` in each repeat it was measured in."""
+    return {key: values[metric] for key, values in entry.get("per_repeat", {}).items()}
 
 
 def paired_ratio(

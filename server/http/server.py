@@ -581,20 +581,14 @@ def _head(
     it: when the client or the response says so, or the server is exiting; a closing
     connection's response says ``connection: close``."""
     head = [STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status, fields]
+    says_close = False
     for name, value in headers:
+        if name == b"connection" and b"close" in value.lower():
+            says_close = True
         head += (name, b": ", value, b"\r\n")
-    says_close = _says_close(headers)
     if says_close or exiting:
         request.keep_alive = False
     if not request.keep_alive and not says_close:
         head.append(b"connection: close\r\n")
     head.append(b"\r\n")
     return head
-
-
-def _says_close(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether a response's headers close the connection after it."""
-    for name, value in headers:
-        if name == b"connection" and b"close" in value.lower():
-            return True
-    return False
