@@ -38,10 +38,16 @@ class ModelView:
     shape_checked_inputs: tuple[str, ...] = ()
     # Worked out from ``inputs`` once; every request is checked against it.
     required_inputs: tuple[str, ...] = field(init=False, default=())
+    # Worked out once for the Python backend, which hands both to every request.
+    output_names: tuple[str, ...] = field(init=False, default=())
+    version_number: int = field(init=False, default=-1)
 
     def __post_init__(self) -> None:
         required = tuple(name for name, spec in self.inputs.items() if not spec.optional)
         object.__setattr__(self, "required_inputs", required)
+        object.__setattr__(self, "output_names", tuple(self.outputs))
+        number = int(self.version) if self.version.isdigit() else -1
+        object.__setattr__(self, "version_number", number)
 
     def metadata_shape(self, spec: TensorSpec) -> list[int]:
         dims = list(spec.dims)

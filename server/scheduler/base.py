@@ -299,15 +299,19 @@ class Scheduler(abc.ABC):
         if not timing.infer_end_ns:
             timing.infer_end_ns = timing.input_end_ns
         completed = []
+        stats = self.stats
+        # A completed request's wait stands as counted at dispatch unless an observer
+        # records it too: then, or when the request failed, it is settled here.
+        observed = stats.observer is not None
         for request, result in zip(execution.batch, execution.results, strict=True):
             done = counts_as_success(result)
-            # The wait ended at dispatch, also for a part a scheduler re-ran later.
-            waited = request.compute_start_ns - request.queue_start_ns
-            if waited < 0:
-                waited = 0
-            self.stats.settle_queue(waited, completed=done)
             if done:
                 completed.append(request)
+                if not observed:
+                    continue
+            # The wait ended at dispatch, also for a part a scheduler re-ran later.
+            waited = request.compute_start_ns - request.queue_start_ns
+            stats.settle_queue(waited if waited > 0 else 0, completed=done)
         if not completed and not execution.counts_failures:
             return
         rows = sum(request.batch_size for request in execution.batch) or 1

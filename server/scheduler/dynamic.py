@@ -246,11 +246,12 @@ class DynamicBatcher(Scheduler):
         way leave the queue with CANCELLED."""
         batch: list[InferRequest] = []
         while len(batch) < count and len(self.queues):
-            entry = self.queues.pop(1)[0]
-            if entry.request.cancelled:
-                self._complete_error(entry.request, ServerError(Code.CANCELLED, CANCELLED_MESSAGE))
-            else:
-                batch.append(entry.request)
+            for entry in self.queues.pop(count - len(batch)):
+                request = entry.request
+                if request.cancelled:
+                    self._complete_error(request, ServerError(Code.CANCELLED, CANCELLED_MESSAGE))
+                else:
+                    batch.append(request)
         return batch
 
     def _expire(self, now_ns: int) -> None:

@@ -16,6 +16,7 @@ from server.backends.python.tensor import capsule_info, to_host
 from server.errors import Code, ServerError
 from server.repository.view import ModelView, TensorSpec
 from server.tensors import CONFIG_TO_WIRE, NUMPY_DTYPES
+from server.types import InferInput, InferRequest, RequestedOutput
 
 CONFIG_TYPES = sorted(CONFIG_TO_WIRE)
 
@@ -239,6 +240,41 @@ def test_response_outputs_keep_the_model_datatype() -> None:
     assert isinstance(errored, ServerError) and errored.code == Code.NOT_FOUND
     wrong = response_outputs("not a response", view)
     assert isinstance(wrong, ServerError) and wrong.code == Code.INTERNAL
+
+
+def _received(view: ModelView, source: InferRequest) -> pb.InferenceRequest:
+    return pb.InferenceRequest.incoming(source, view, None, {})
+
+
+def test_request_a_model_receives() -> None:
+    view = _view({"B": "FP32", "A": "FP32"})
+    data = np.arange(3, dtype=np.float32)
+    plain = _received(view, InferRequest("m", "1", [InferInput("X", "FP32", (3,), data)]))
+    assert plain.model_name() == "m" and plain.model_version() == 1
+    assert plain.correlation_id() == 0 and plain.flags() == 0
+    assert pb.get_input_tensor_by_name(plain, "X") is not None
+    assert pb.get_input_tensor_by_name(plain, "Y") is None
+    # Every output in the config's order when none was asked for, as a list of its own.
+    names = plain.requested_output_names()
+    assert names == ["B", "A"]
+    names.append("C")
+    assert plain.requested_output_names() == ["B", "A"]
+    sequence = _received(
+        view,
+        InferRequest(
+            "m",
+            "1",
+            parameters={"sequence_id": 42, "sequence_start": True, "sequence_end": True},
+            outputs=[RequestedOutput("A")],
+        ),
+    )
+    assert sequence.correlation_id() == 42
+    assert sequence.flags() == (
+        pb.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START | pb.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END
+    )
+    assert sequence.requested_output_names() == ["A"]
+    unnumbered = ModelView("m", "latest", "", "python", 0, {}, {})
+    assert _received(unnumbered, InferRequest("m")).model_version() == -1
 
 
 def test_request_built_for_bls() -> None:

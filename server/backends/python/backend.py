@@ -224,14 +224,18 @@ class PythonInstance(ModelInstance):
         inputs: dict[int, object] = {}
         # A model that is not decoupled seldom asks for its requests' response senders:
         # each request makes its own when asked (``get_response_sender``).
-        senders = [
-            InferenceResponseSender(r, True, self._converter(r, inputs)) if view.decoupled else None
-            for r in requests
-        ]
-        wrapped = [
-            InferenceRequest.incoming(r, view, s, inputs)
-            for r, s in zip(requests, senders, strict=True)
-        ]
+        senders: list[InferenceResponseSender | None]
+        if view.decoupled:
+            senders = [
+                InferenceResponseSender(r, True, self._converter(r, inputs)) for r in requests
+            ]
+            wrapped = [
+                InferenceRequest.incoming(r, view, s, inputs)
+                for r, s in zip(requests, senders, strict=True)
+            ]
+        else:
+            senders = [None] * len(requests)
+            wrapped = [InferenceRequest.incoming(r, view, None, inputs) for r in requests]
         timing.input_end_ns = time.monotonic_ns()
         try:
             if self._loop is not None:

@@ -165,7 +165,7 @@ class InferenceRequest:
         self._id = str(request_id)
         self._correlation_id = correlation_id
         self._inputs = list(inputs)
-        self._requested = [str(n) for n in requested_output_names]
+        self._requested: Sequence[str] = [str(n) for n in requested_output_names]
         self._model_name = str(model_name)
         self._model_version = int(model_version)
         self._flags = int(flags)
@@ -186,11 +186,15 @@ class InferenceRequest:
         added to ``owners``."""
         request = cls.__new__(cls)
         request._id = source.id
-        params = source.parameters or {}
-        request._correlation_id = params.get("sequence_id", 0)
-        request._flags = (
-            TRITONSERVER_REQUEST_FLAG_SEQUENCE_START * bool(params.get("sequence_start"))
-        ) | (TRITONSERVER_REQUEST_FLAG_SEQUENCE_END * bool(params.get("sequence_end")))
+        params = source.parameters
+        if params:
+            request._correlation_id = params.get("sequence_id", 0)
+            request._flags = (
+                TRITONSERVER_REQUEST_FLAG_SEQUENCE_START * bool(params.get("sequence_start"))
+            ) | (TRITONSERVER_REQUEST_FLAG_SEQUENCE_END * bool(params.get("sequence_end")))
+        else:
+            request._correlation_id = 0
+            request._flags = 0
         inputs = []
         for tensor in source.inputs:
             # Models may change their inputs in place (``x /= 255``), as under Triton, whose
@@ -199,12 +203,13 @@ class InferenceRequest:
             owners[id(owner)] = owner
             inputs.append(Tensor._wrap(tensor.name, data, tensor.datatype))
         request._inputs = inputs
+        # ``requested_output_names`` hands out a copy: the view's names can be shared.
         if source.outputs is None:
-            request._requested = list(view.outputs)
+            request._requested = view.output_names
         else:
             request._requested = [o.name for o in source.outputs]
         request._model_name = view.name
-        request._model_version = int(view.version) if view.version.isdigit() else -1
+        request._model_version = view.version_number
         request._timeout = source.timeout_us
         # Written out when the model asks for it; most models never do.
         request._parameters = None
@@ -291,8 +296,10 @@ class InferenceRequest:
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
-    for tensor in request.inputs():
-        if tensor.name() == name:
+    # Read in place rather than through the copy ``inputs()`` makes: models call this once
+    # per input of every request.
+    for tensor in request._inputs:
+        if tensor._name == name:
             return tensor
     return None
 
@@ -307,21 +314,22 @@ def response_outputs(
             f"model '{view.name}' returned {type(response).__name__} where a "
             "pb_utils.InferenceResponse was expected"
         )
-    error = response.error()
+    # Read through the slots, not the accessors' copies: this runs for every response.
+    error = response._error
     if error is not None:
         # The model answered: the request counts as executed, as in Triton's statistics.
         return ErrorResponse.of(to_server_error(error))
     # Outputs keep the datatype the model produced, as Triton sends them, even where the
     # config declares another; only numpy text arrays become BYTES objects.
     outputs = ModelOutputs()
-    parameters = response.parameters()
+    parameters = response._parameters
     if parameters not in ("", "{}"):
         outputs.parameters = json.loads(parameters)
-    for tensor in response.output_tensors():
-        array = tensor.as_numpy()
-        if tensor.datatype() == "BYTES" and array.dtype.kind in "SU":
+    for tensor in response._tensors:
+        array = tensor._array
+        if tensor._datatype == "BYTES" and array.dtype.kind in "SU":
             array = as_bytes_array(array)
         else:
             array = settled(array, inputs)
-        outputs[tensor.name()] = array
+        outputs[tensor._name] = array
     return outputs

@@ -136,11 +136,9 @@ class Tensor:
         if not isinstance(name, str):
             raise TypeError("Tensor name must be a string")
         array = data if isinstance(data, np.ndarray) else np.asarray(data)
-        if array.dtype.kind in "OSU":
+        datatype = wire_datatype_of(array)  # BYTES for object, bytes and str arrays
+        if datatype == "BYTES":
             array = as_bytes_array(array)
-            datatype = "BYTES"
-        else:
-            datatype = wire_datatype_of(array)
         self._name = name
         self._array = array
         self._datatype = datatype
