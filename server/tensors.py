@@ -90,7 +90,8 @@ def wire_datatype_of(array: np.ndarray) -> str:
     if known is not None:
         return known
     datatype = _wire_datatype(dtype)
-    if len(_WIRE_OF_DTYPE) < 64:
+    # Text dtypes differ by length (``<U5``, ``S12``): kept out, they would crowd the rest.
+    if len(_WIRE_OF_DTYPE) < 64 and dtype.kind not in ("S", "U"):
         _WIRE_OF_DTYPE[dtype] = datatype
     return datatype
 

@@ -9,6 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
+from server import tensors as tensors_module
 from server.core import classify
 from server.errors import Code, ServerError
 from server.http import compression
@@ -218,3 +219,14 @@ def test_settled_keeps_memory_of_immutable_bytes_and_copies_the_rest() -> None:
         assert not np.shares_memory(copy, array)
         np.testing.assert_array_equal(copy, array)
         assert copy.shape == array.shape and copy.dtype == array.dtype
+
+
+def test_text_dtypes_stay_out_of_the_datatype_cache() -> None:
+    # Every length of text is a dtype of its own; caching them would crowd out the rest.
+    for length in range(1, 100):
+        assert wire_datatype_of(np.array(["x" * length])) == "BYTES"
+        assert wire_datatype_of(np.array([b"x" * length])) == "BYTES"
+    assert wire_datatype_of(np.array([1.5], dtype=">f4")) == "FP32"
+    cached = tensors_module._WIRE_OF_DTYPE
+    assert np.dtype(">f4") in cached
+    assert not [dtype for dtype in cached if dtype.kind in "SU"]
