@@ -229,13 +229,12 @@ class PythonInstance(ModelInstance):
             senders = [
                 InferenceResponseSender(r, True, self._converter(r, inputs)) for r in requests
             ]
-            wrapped = [
-                InferenceRequest.incoming(r, view, s, inputs)
-                for r, s in zip(requests, senders, strict=True)
-            ]
         else:
             senders = [None] * len(requests)
-            wrapped = [InferenceRequest.incoming(r, view, None, inputs) for r in requests]
+        wrapped = [
+            InferenceRequest.incoming(r, view, s, inputs)
+            for r, s in zip(requests, senders, strict=True)
+        ]
         timing.input_end_ns = time.monotonic_ns()
         try:
             if self._loop is not None:

@@ -98,7 +98,7 @@ class InferenceResponse:
         error: TritonError | None = None,
         parameters: Any = None,
     ) -> None:
-        tensors = list(output_tensors) if output_tensors else []
+        tensors = list(output_tensors or [])
         for tensor in tensors:
             if not isinstance(tensor, Tensor):
                 raise TritonModelException(
@@ -108,7 +108,7 @@ class InferenceResponse:
             error = TritonError(str(error))
         self._tensors = tensors
         self._error = error
-        self._parameters = "{}" if parameters is None else parameters_json(parameters)
+        self._parameters = parameters_json(parameters)
 
     def output_tensors(self) -> list[Tensor]:
         return list(self._tensors)
