@@ -10,12 +10,14 @@ import logging
 import signal
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from server import collector
+from server.affinity import LOOP_CPU
 from server.cli import Settings
 from server.core import Core, CoreOptions
 from server.devices import DeviceLayer, default_layer
@@ -248,6 +250,11 @@ def _optional(module: str, attribute: str) -> Any:
 
 
 async def serve(settings: Settings) -> int:
+    LOOP_CPU.configure(settings.python_shares_loop_cpu)
+    # Threads the loop's thread starts take every CPU, not the one it may be pinned to.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(thread_name_prefix="server", initializer=LOOP_CPU.release_current_thread)
+    )
     core = build_core(settings)
     core.activate()
     failed = await load_initial_models(core, settings)

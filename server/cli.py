@@ -18,6 +18,21 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got '{value}'")
 
 
+# The server's own setting of Triton's Python backend (``--backend-config=python,...``).
+SHARE_LOOP_CPU = "share-event-loop-cpu"
+
+
+def backend_setting(configs: Sequence[str], backend: str, key: str) -> str | None:
+    """The value the last ``--backend-config=<backend>,<key>=<value>`` gives ``key``."""
+    value = None
+    for config in configs:
+        name, _, setting = config.partition(",")
+        found, equals, given = setting.partition("=")
+        if name == backend and equals and found == key:
+            value = given
+    return value
+
+
 @dataclass
 class Settings:
     model_repositories: list[str] = field(default_factory=lambda: ["./model_repository"])
@@ -69,6 +84,13 @@ class Settings:
     grpc_http2_max_pings_without_data: int = 2
     grpc_http2_min_recv_ping_interval_without_data: int = 300000
     grpc_http2_max_ping_strikes: int = 2
+
+    @property
+    def python_shares_loop_cpu(self) -> bool:
+        """``--backend-config=python,share-event-loop-cpu=<bool>``: whether a Python model's
+        thread whose runs are short shares the event loop's CPU (``server.affinity``)."""
+        value = backend_setting(self.backend_config, "python", SHARE_LOOP_CPU)
+        return True if value is None else _bool(value)
 
     @property
     def autocomplete(self) -> bool:
@@ -161,6 +183,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     settings = Settings(**values)
     if settings.load_models and "*" in settings.load_models and len(settings.load_models) > 1:
         parser.error("--load-model=* must be the only --load-model")
+    try:
+        settings.python_shares_loop_cpu  # noqa: B018 - read once here to refuse a bad value
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"--backend-config=python,{SHARE_LOOP_CPU}: {exc}")
     return settings
 
 

@@ -48,6 +48,9 @@ class ModelInstance(abc.ABC):
     # own computation (a tensor framework on the CPU): the scheduler may then run a batch
     # whose recent runs were short on the event loop itself (``server.scheduler.base``).
     short_runs_inline: bool = False
+    # True where a run is mostly the interpreter's (a Python model): the instance's thread
+    # then shares the event loop's CPU while its recent runs are short (``server.affinity``).
+    short_runs_beside_loop: bool = False
 
     # Python-backend models take the whole request list as it is; tensor backends take
     # inputs concatenated along the batch dim.

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from server.affinity import LOOP_CPU
 from server.devices import DeviceLayer, GpuDevice, GpuSample
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class SystemPoller:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        LOOP_CPU.release_current_thread()
         while not self._stop.wait(self._interval_s):
             try:
                 self.poll_once()

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from server.affinity import LOOP_CPU
 from server.backends.base import ModelInstance, RequestOutputs, Timing
 from server.errors import Code, ServerError, internal, unavailable
 from server.repository.view import ModelView
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 INLINE_RUN_NS = 200_000
 # Runs of a size class observed on the instance's thread before that class may run inline.
 INLINE_AFTER_RUNS = 3
+# A Python model's thread whose recent runs took less processor time than this shares the
+# event loop's CPU (``server.affinity``): such runs are mostly the interpreter's, which the
+# two threads take turns on. Longer runs are mostly native code that computes without the
+# interpreter lock, and belong on the other CPUs.
+BESIDE_LOOP_RUN_NS = 1_000_000
 
 
 def failure_reason(error: ServerError) -> str:
@@ -66,6 +72,13 @@ class Scheduler(abc.ABC):
             for instance in instances
             if getattr(instance, "short_runs_inline", False)
         }
+        self._beside_loop = {
+            id(instance): RunTimes(BESIDE_LOOP_RUN_NS)
+            for instance in instances
+            if LOOP_CPU.enabled and getattr(instance, "short_runs_beside_loop", False)
+        }
+        # The native id of each instance's thread, once it runs.
+        self._thread_ids: dict[int, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._inflight = 0
@@ -122,6 +135,8 @@ class Scheduler(abc.ABC):
         for work in self._workers.values():
             work.put(None)
         self._workers.clear()
+        for thread_id in self._thread_ids.values():
+            LOOP_CPU.forget(thread_id)
         for instance in self._instances:
             try:
                 instance.unload()
@@ -168,10 +183,10 @@ class Scheduler(abc.ABC):
     ) -> list[Execution]:
         """Run one batch, on the instance's thread or inline. Returns every execution it took
         (one here; more where a scheduler re-runs parts of a failed batch), so each is counted."""
-        # The run's own processor time, for instances that may run inline: on the instance's
-        # thread its wall time also holds waits for the interpreter lock, which a run on the
-        # loop would not have.
-        timed = id(instance) in self._run_times
+        # The run's own processor time, for instances that may run inline or share the
+        # loop's CPU: on the instance's thread its wall time also holds waits for the
+        # interpreter lock, which are not the run's.
+        timed = id(instance) in self._run_times or id(instance) in self._beside_loop
         started = time.thread_time_ns() if timed else 0
         try:
             results = instance.execute(batch, timing)
@@ -250,6 +265,9 @@ class Scheduler(abc.ABC):
         instance: ModelInstance,
         work: queue.SimpleQueue[_Work | None],
     ) -> None:
+        # Started from the event loop's thread, whose CPU this thread would otherwise keep.
+        LOOP_CPU.release_current_thread()
+        self._thread_ids[id(instance)] = threading.get_native_id()
         while (item := work.get()) is not None:
             batch, timing = item
             outcome: list[Execution] | BaseException
@@ -279,12 +297,18 @@ class Scheduler(abc.ABC):
         else:
             executions = outcome
         times = self._run_times.get(id(instance))
+        beside = self._beside_loop.get(id(instance))
         for execution in executions:
-            if times is not None and execution.run_ns:
-                times.observe(input_size_class(execution.batch), execution.run_ns)
+            if execution.run_ns:
+                if times is not None:
+                    times.observe(input_size_class(execution.batch), execution.run_ns)
+                if beside is not None:
+                    beside.observe(0, execution.run_ns)
             self._record(execution)
             for request, result in zip(execution.batch, execution.results, strict=True):
                 self._resolve(request, result)
+        if beside is not None and id(instance) in self._thread_ids:
+            LOOP_CPU.place(self._thread_ids[id(instance)], beside.short(0))
         self._dispatch()
 
     def _record(self, execution: Execution) -> None:

@@ -215,6 +215,9 @@ class PythonInstance(ModelInstance):
         self._is_async = inspect.iscoroutinefunction(getattr(model, "execute", None))
         # Coroutine ``execute`` methods run on a loop of this instance's own, never the server's.
         self._loop = asyncio.new_event_loop() if self._is_async else None
+        # A decoupled model's execute often returns at once and leaves the work to threads
+        # of its own, which would inherit the loop's CPU: its thread stays where it is.
+        self.short_runs_beside_loop = not view.decoupled
 
     def execute(self, requests: Sequence[InferRequest], timing: Timing) -> list[RequestOutputs]:
         view = self._view

@@ -1,0 +1,103 @@
+"""Where the server's threads run: a Python model whose runs are short shares the event
+loop's CPU, one whose runs are long keeps every CPU (``server.affinity``). Each model
+answers with the native id of the thread that ran it; the test reads that thread's and the
+event loop's (the main thread's) CPU lists from /proc."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.harness import ServerProcess, run_server
+from tests.models import write_python_probe
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/thread-self/stat").exists(), reason="CPU placement is Linux's"
+)
+
+_REPORTS_THREAD = """
+import threading, time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def execute(self, requests):
+        busy_until = time.thread_time() + {busy}
+        while time.thread_time() < busy_until:
+            pass
+        tid = np.array([threading.get_native_id()], dtype=np.int64)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", tid)]) for _ in requests]
+"""
+
+
+def _cpus(pid: int, thread_id: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{thread_id}/status") as status:
+        line = next(x for x in status if x.startswith("Cpus_allowed_list:"))
+    cpus: set[int] = set()
+    for part in line.split(":", 1)[1].strip().split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def _thread_of(client: grpcclient.InferenceServerClient, model: str, runs: int) -> int:
+    tensor = grpcclient.InferInput("IN", [1], "INT32")
+    tensor.set_data_from_numpy(np.zeros(1, dtype=np.int32))
+    ids = {int(client.infer(model, [tensor]).as_numpy("OUT")[0]) for _ in range(runs)}
+    assert len(ids) == 1, ids  # one instance, one thread
+    return ids.pop()
+
+
+def _repository(root: Path) -> Path:
+    write_python_probe(root, "short_runs", _REPORTS_THREAD.format(busy=0), output="INT64")
+    # 20 ms of processor time per run: twenty times the limit for sharing the loop's CPU.
+    write_python_probe(root, "long_runs", _REPORTS_THREAD.format(busy=0.02), output="INT64")
+    return root
+
+
+def _serve(root: Path, *extra: str) -> Iterator[ServerProcess]:
+    with run_server(
+        ["--model-repository", str(_repository(root)), *extra], services=("http", "grpc")
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from _serve(tmp_path_factory.mktemp("placement"))
+
+
+ALLOWED = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+
+
+def test_a_python_model_with_short_runs_shares_the_event_loops_cpu(server: ServerProcess) -> None:
+    pid = server.proc.pid
+    assert _cpus(pid, pid) == ALLOWED  # nothing placed before a Python model has run
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        thread = _thread_of(client, "short_runs", runs=6)
+        loop_cpus, model_cpus = _cpus(pid, pid), _cpus(pid, thread)
+        if len(ALLOWED) > 1:
+            assert len(loop_cpus) == 1 and loop_cpus <= ALLOWED
+            assert model_cpus == loop_cpus
+        else:
+            assert loop_cpus == model_cpus == ALLOWED  # one CPU: nothing to choose
+
+        # A model whose runs compute for long keeps every CPU, though its thread was
+        # started by the loop's thread while the loop was on one CPU.
+        long_thread = _thread_of(client, "long_runs", runs=5)
+        assert _cpus(pid, long_thread) == ALLOWED
+        assert _cpus(pid, thread) == loop_cpus  # the short one stays where it was
+
+
+def test_share_event_loop_cpu_false_leaves_every_thread_on_every_cpu(tmp_path: Path) -> None:
+    for server in _serve(tmp_path, "--backend-config=python,share-event-loop-cpu=false"):
+        pid = server.proc.pid
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            thread = _thread_of(client, "short_runs", runs=6)
+        assert _cpus(pid, pid) == ALLOWED
+        assert _cpus(pid, thread) == ALLOWED

@@ -1,0 +1,207 @@
+"""The event loop's CPU and the threads that share it (``server.affinity``), with a fake
+``sched_setaffinity``; and the scheduler's choice of which instance threads share it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+
+import pytest
+
+from server import affinity
+from server.affinity import LoopCpu
+from server.backends.base import ModelInstance, RequestOutputs, Timing
+from server.cli import parse_args
+from server.scheduler import base
+from server.scheduler.base import BESIDE_LOOP_RUN_NS, INLINE_AFTER_RUNS
+from server.types import InferRequest
+from tests.unit.test_batch_decision_batcher import make_batcher, request
+
+
+class FakeAffinity:
+    """Records every call and the thread that made it; raises for the ids in ``gone``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, frozenset[int]]] = []
+        self.callers: list[int] = []
+        self.gone: set[int] = set()
+
+    def __call__(self, thread_id: int, cpus: Iterable[int]) -> None:
+        if thread_id in self.gone:
+            raise ProcessLookupError(3, "No such process")
+        self.calls.append((thread_id, frozenset(cpus)))
+        self.callers.append(threading.get_native_id())
+
+
+def loop_cpu(cpus: Iterable[int] = (0, 1, 2, 3), current: int = 2) -> tuple[LoopCpu, FakeAffinity]:
+    fake = FakeAffinity()
+    return LoopCpu(allowed=cpus, set_affinity=fake, current_cpu=lambda: current), fake
+
+
+ALL = frozenset({0, 1, 2, 3})
+
+
+def test_the_first_thread_pins_the_loop_to_its_current_cpu_and_joins_it() -> None:
+    placement, fake = loop_cpu(current=2)
+    placement.place(101, beside=True)
+    # 0 is the calling thread: the loop's own, where ``place`` runs.
+    assert fake.calls == [(0, frozenset({2})), (101, frozenset({2}))]
+    assert placement.cpu == 2 and placement.members == {101}
+    placement.place(102, beside=True)
+    assert fake.calls[2:] == [(102, frozenset({2}))], "the loop is pinned once"
+
+
+def test_placing_a_thread_where_it_already_is_makes_no_call() -> None:
+    placement, fake = loop_cpu()
+    placement.place(101, beside=False)
+    placement.place(101, beside=True)
+    placement.place(101, beside=True)
+    assert len(fake.calls) == 2
+
+
+def test_the_loop_is_released_when_the_last_thread_leaves() -> None:
+    placement, fake = loop_cpu(current=1)
+    loop_thread = threading.get_native_id()
+    placement.place(101, beside=True)
+    placement.place(102, beside=True)
+    placement.place(101, beside=False)
+    assert fake.calls[-1] == (101, ALL) and placement.cpu == 1
+    placement.place(102, beside=False)
+    assert fake.calls[-2:] == [(loop_thread, ALL), (102, ALL)]
+    assert placement.cpu is None and not placement.members
+
+
+def test_a_cpu_outside_the_allowed_set_is_never_chosen() -> None:
+    placement, fake = loop_cpu(cpus=(4, 5), current=0)
+    placement.place(101, beside=True)
+    assert placement.cpu == 4
+    assert {cpus for _, cpus in fake.calls} == {frozenset({4})}
+
+
+def test_one_cpu_or_no_affinity_call_means_no_placement() -> None:
+    single, fake = loop_cpu(cpus=(3,), current=3)
+    single.place(101, beside=True)
+    single.release_current_thread()
+    assert not single.enabled and fake.calls == []
+    unsupported = LoopCpu(allowed=(0, 1), set_affinity=None)
+    unsupported.configure(True)
+    assert not unsupported.enabled
+
+
+def test_an_error_turns_placement_off_and_releases_what_was_placed() -> None:
+    placement, fake = loop_cpu(current=0)
+    loop_thread = threading.get_native_id()
+    placement.place(101, beside=True)
+    fake.gone.add(102)
+    placement.place(102, beside=True)
+    assert not placement.enabled and not placement.members and placement.cpu is None
+    assert fake.calls[-2:] == [(101, ALL), (loop_thread, ALL)]
+    placement.place(103, beside=True)
+    assert fake.calls[-1][0] == loop_thread, "nothing is placed any more"
+
+
+def test_configure_false_releases_and_true_enables_again() -> None:
+    placement, fake = loop_cpu()
+    placement.place(101, beside=True)
+    placement.configure(False)
+    assert not placement.enabled and not placement.members
+    assert (101, ALL) in fake.calls
+    placement.configure(True)
+    assert placement.enabled
+
+
+def test_a_thread_started_by_the_loop_takes_every_allowed_cpu() -> None:
+    placement, fake = loop_cpu()
+    placement.release_current_thread()
+    assert fake.calls == [(0, ALL)]
+
+
+def test_the_cpu_of_this_thread_is_read_from_proc() -> None:
+    if not hasattr(affinity.os, "sched_getaffinity"):
+        pytest.skip("Linux only")
+    assert affinity._current_cpu() in affinity.os.sched_getaffinity(0)
+
+
+# --- which instance threads the scheduler places -----------------------------------------
+class Runs(ModelInstance):
+    """Echoes INPUT0; each run computes for ``seconds`` of processor time."""
+
+    def __init__(self, seconds: float, beside: bool = True) -> None:
+        self.seconds = seconds
+        self.short_runs_beside_loop = beside
+        self.threads: set[int] = set()
+
+    def execute(self, requests: Sequence[InferRequest], timing: Timing) -> list[RequestOutputs]:
+        self.threads.add(threading.get_native_id())
+        end = time.thread_time() + self.seconds
+        while time.thread_time() < end:
+            pass
+        return [{"OUTPUT0": r.inputs[0].data} for r in requests]
+
+
+@pytest.fixture()
+def placement(monkeypatch: pytest.MonkeyPatch) -> tuple[LoopCpu, FakeAffinity]:
+    placement, fake = loop_cpu()
+    monkeypatch.setattr(base, "LOOP_CPU", placement)
+    return placement, fake
+
+
+async def test_a_python_instance_shares_the_loop_cpu_after_short_runs(
+    placement: tuple[LoopCpu, FakeAffinity],
+) -> None:
+    loop_cpu_, fake = placement
+    instance = Runs(0.0)
+    batcher = make_batcher("", [instance])
+    for n in range(INLINE_AFTER_RUNS - 1):
+        await batcher.submit(request(f"r{n}"))
+    (thread,) = instance.threads
+    assert thread not in loop_cpu_.members
+    # The instance's thread let go of the CPU set it inherited from the loop's thread.
+    assert fake.calls == [(0, ALL)] and fake.callers == [thread]
+    await batcher.submit(request("last"))
+    assert loop_cpu_.members == {thread}
+    loop_thread = threading.get_native_id()
+    assert fake.calls[1:] == [(0, frozenset({2})), (thread, frozenset({2}))]
+    assert fake.callers[1:] == [loop_thread, loop_thread]
+    await batcher.stop(drain_timeout=1.0)
+    assert not loop_cpu_.members, "a stopped model's thread no longer holds the loop"
+
+
+async def test_long_runs_and_other_instances_never_share_it(
+    placement: tuple[LoopCpu, FakeAffinity],
+) -> None:
+    loop_cpu_, _ = placement
+    long_runs = Runs(2 * BESIDE_LOOP_RUN_NS / 1e9)
+    tensor_framework = Runs(0.0, beside=False)
+    for instance in (long_runs, tensor_framework):
+        batcher = make_batcher("", [instance])
+        for n in range(INLINE_AFTER_RUNS + 2):
+            await batcher.submit(request(f"r{n}"))
+        await batcher.stop(drain_timeout=1.0)
+    assert not loop_cpu_.members and loop_cpu_.cpu is None
+
+
+# --- the setting ---------------------------------------------------------------------------
+def test_share_event_loop_cpu_is_a_python_backend_setting() -> None:
+    assert parse_args([]).python_shares_loop_cpu
+    assert not parse_args(
+        ["--backend-config=python,share-event-loop-cpu=false"]
+    ).python_shares_loop_cpu
+    last_wins = parse_args(
+        [
+            "--backend-config=python,share-event-loop-cpu=0",
+            "--backend-config=onnxruntime,share-event-loop-cpu=1",
+            "--backend-config=python,shm-default-byte-size=1048576",
+        ]
+    )
+    assert not last_wins.python_shares_loop_cpu, "another backend's key is not the Python one's"
+
+
+def test_a_value_that_is_not_a_boolean_stops_the_server_at_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--backend-config=python,share-event-loop-cpu=sometimes"])
+    assert exited.value.code == 2
+    assert "share-event-loop-cpu: expected a boolean, got 'sometimes'" in capsys.readouterr().err
