@@ -6,15 +6,16 @@ the kernel, the two land on different CPUs, and every hand-off moves the request
 responses and the interpreter's own state from one CPU's caches to the other's and wakes a
 thread across CPUs. Kept on one CPU, they share its caches, and the other CPUs stay with
 the threads that compute without the lock (ONNX Runtime's and PyTorch's pools, the load
-generator of a benchmark): the event loop and a Python identity model served a third more
-requests per second on two CPUs (docs/performance.md, change 22).
+generator of a benchmark). On two CPUs this cut the CPU a Python identity model took per
+request, and raised its requests per second (docs/performance.md, change 22).
 
-So a Python model's instance thread whose recent runs were short joins the event loop on
-the CPU the loop ran on when the first such thread joined; the loop is pinned only while at
-least one thread shares it, and a thread whose runs grow long (native code that computes
-without the lock belongs on the other CPUs) goes back to every CPU the process may use.
-Every other thread the server starts takes that whole set, whatever the loop's thread had
-when it started them (``release_current_thread``).
+So when a Python model has one instance and that instance's recent runs were short, its
+thread joins the event loop on the CPU the loop ran on when the first such thread joined;
+the loop is pinned only while at least one thread shares it, and a thread whose runs grow
+long (native code that computes without the lock belongs on the other CPUs) goes back to
+every CPU the process may use. Several instances of one model are there to run at once, and
+keep every CPU. Every other thread the server starts takes that whole set, whatever the
+loop's thread had when it started it (``release_current_thread``).
 """
 
 from __future__ import annotations
@@ -92,9 +93,10 @@ class LoopCpu:
             else:
                 self.forget(thread_id)
                 setter(thread_id, self.allowed)
-        except OSError as exc:
-            # A CPU taken from the container's cpuset, a thread already gone: the kernel's
-            # own placement is always correct, so fall back to it for good.
+        except (OSError, ValueError, IndexError) as exc:
+            # A CPU taken from the container's cpuset, a thread already gone, a /proc that
+            # does not read as expected: the kernel's own placement is always correct, so
+            # fall back to it for good.
             log.info("CPU placement of the event loop's threads turned off: %s", exc)
             self.disable()
 

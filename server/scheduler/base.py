@@ -72,10 +72,14 @@ class Scheduler(abc.ABC):
             for instance in instances
             if getattr(instance, "short_runs_inline", False)
         }
+        # Only the thread of a model's only instance: several instances are there to run at
+        # once, which short runs of native code that lets go of the lock may well do.
         self._beside_loop = {
             id(instance): RunTimes(BESIDE_LOOP_RUN_NS)
             for instance in instances
-            if LOOP_CPU.enabled and getattr(instance, "short_runs_beside_loop", False)
+            if LOOP_CPU.enabled
+            and len(instances) == 1
+            and getattr(instance, "short_runs_beside_loop", False)
         }
         # The native id of each instance's thread, once it runs.
         self._thread_ids: dict[int, int] = {}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -131,9 +132,11 @@ class Runs(ModelInstance):
         self.seconds = seconds
         self.short_runs_beside_loop = beside
         self.threads: set[int] = set()
+        self.runs = 0
 
     def execute(self, requests: Sequence[InferRequest], timing: Timing) -> list[RequestOutputs]:
         self.threads.add(threading.get_native_id())
+        self.runs += 1
         end = time.thread_time() + self.seconds
         while time.thread_time() < end:
             pass
@@ -168,18 +171,21 @@ async def test_a_python_instance_shares_the_loop_cpu_after_short_runs(
     assert not loop_cpu_.members, "a stopped model's thread no longer holds the loop"
 
 
-async def test_long_runs_and_other_instances_never_share_it(
+async def test_long_runs_other_backends_and_several_instances_never_share_it(
     placement: tuple[LoopCpu, FakeAffinity],
 ) -> None:
     loop_cpu_, _ = placement
-    long_runs = Runs(2 * BESIDE_LOOP_RUN_NS / 1e9)
-    tensor_framework = Runs(0.0, beside=False)
-    for instance in (long_runs, tensor_framework):
-        batcher = make_batcher("", [instance])
-        for n in range(INLINE_AFTER_RUNS + 2):
-            await batcher.submit(request(f"r{n}"))
+    long_runs = [Runs(2 * BESIDE_LOOP_RUN_NS / 1e9)]
+    tensor_framework = [Runs(0.0, beside=False)]
+    two_instances = [Runs(0.0), Runs(0.0)]
+    for instances in (long_runs, tensor_framework, two_instances):
+        batcher = make_batcher("", instances)
+        for _ in range(2 * INLINE_AFTER_RUNS):
+            # Two at once: with two instances, each takes one.
+            await asyncio.gather(batcher.submit(request("a")), batcher.submit(request("b")))
+        assert all(instance.runs >= INLINE_AFTER_RUNS for instance in instances)
+        assert not loop_cpu_.members and loop_cpu_.cpu is None
         await batcher.stop(drain_timeout=1.0)
-    assert not loop_cpu_.members and loop_cpu_.cpu is None
 
 
 # --- the setting ---------------------------------------------------------------------------
