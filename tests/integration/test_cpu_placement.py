@@ -92,6 +92,10 @@ def test_a_python_model_with_short_runs_shares_the_event_loops_cpu(server: Serve
         long_thread = _thread_of(client, "long_runs", runs=5)
         assert _cpus(pid, long_thread) == ALLOWED
         assert _cpus(pid, thread) == loop_cpus  # the short one stays where it was
+        # Nothing else the server runs (executor, poller, libraries' threads) is placed.
+        others = {int(t) for t in os.listdir(f"/proc/{pid}/task")} - {pid, thread}
+        placed = {t: _cpus(pid, t) for t in others if os.path.exists(f"/proc/{pid}/task/{t}")}
+        assert placed and all(cpus == ALLOWED for cpus in placed.values()), placed
 
 
 def test_share_event_loop_cpu_false_leaves_every_thread_on_every_cpu(tmp_path: Path) -> None:
