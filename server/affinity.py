@@ -44,15 +44,15 @@ class LoopCpu:
     """The event loop's CPU and the threads sharing it. ``place`` runs on the loop's thread.
 
     ``set_affinity`` and ``current_cpu`` are ``os.sched_setaffinity`` (None where the
-    system has none) and the CPU of the calling thread; tests pass fakes. ``allowed`` is the process's CPU set when the server
-    started (a ``taskset`` or a container's cpuset): nothing is ever placed outside it."""
+    system has none) and the CPU of the calling thread; tests pass fakes. ``allowed`` is
+    the process's CPU set when the server started (a ``taskset`` or a container's cpuset):
+    nothing is ever placed outside it."""
 
     def __init__(
         self,
         allowed: Iterable[int] | None = None,
         set_affinity: SetAffinity | None = SCHED_SETAFFINITY,
         current_cpu: Callable[[], int] = _current_cpu,
-        enabled: bool = True,
     ) -> None:
         if allowed is None:
             get_affinity = getattr(os, "sched_getaffinity", None)
@@ -62,7 +62,7 @@ class LoopCpu:
         self._current_cpu = current_cpu
         # With a single CPU there is nothing to choose; without the call, nothing to do.
         self.possible = set_affinity is not None and len(self.allowed) > 1
-        self.enabled = enabled and self.possible
+        self.enabled = self.possible
         self.cpu: int | None = None
         self.members: set[int] = set()
         self._loop_thread = 0
@@ -117,6 +117,7 @@ class LoopCpu:
             self._release(0)
 
     def disable(self) -> None:
+        """No placement from now on; every placed thread and the loop get every CPU back."""
         members, self.members = self.members, set()
         self.enabled = False
         self.cpu = None
@@ -129,7 +130,7 @@ class LoopCpu:
         if self._set is None:
             return
         try:
-            self._set(thread_id, self.allowed)  # type: ignore[misc]
+            self._set(thread_id, self.allowed)
         except OSError:
             pass  # the thread ended, or the CPU set changed under us: nothing to undo
 
