@@ -82,8 +82,8 @@ class LoopCpu:
             return
         try:
             if beside:
-                cpu = self.cpu
-                if cpu is None or not self.members:
+                cpu = self.cpu  # None exactly while no thread shares the loop's CPU
+                if cpu is None:
                     cpu = self._current_cpu()
                     cpu = self.cpu = cpu if cpu in self.allowed else min(self.allowed)
                     self._loop_thread = threading.get_native_id()

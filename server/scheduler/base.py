@@ -311,8 +311,10 @@ class Scheduler(abc.ABC):
             self._record(execution)
             for request, result in zip(execution.batch, execution.results, strict=True):
                 self._resolve(request, result)
-        if beside is not None and id(instance) in self._thread_ids:
-            LOOP_CPU.place(self._thread_ids[id(instance)], beside.short(0))
+        if beside is not None:
+            thread_id = self._thread_ids.get(id(instance))
+            if thread_id is not None:
+                LOOP_CPU.place(thread_id, beside.short(0))
         self._dispatch()
 
     def _record(self, execution: Execution) -> None:
