@@ -6,6 +6,7 @@ event loop's (the main thread's) CPU lists from /proc."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from server import affinity
 from tests.harness import ServerProcess, run_server
 from tests.models import write_python_probe
 
@@ -91,11 +93,30 @@ def test_a_python_model_with_short_runs_shares_the_event_loops_cpu(server: Serve
         # started by the loop's thread while the loop was on one CPU.
         long_thread = _thread_of(client, "long_runs", runs=5)
         assert _cpus(pid, long_thread) == ALLOWED
-        assert _cpus(pid, thread) == loop_cpus  # the short one stays where it was
+        # The short one still shares the loop's CPU at its next run.
+        assert _thread_of(client, "short_runs", runs=1) == thread
+        # (A review may have released both meanwhile, and placed them on another CPU.)
+        assert _cpus(pid, thread) == _cpus(pid, pid) and len(_cpus(pid, pid)) == 1
         # Nothing else the server runs (executor, poller, libraries' threads) is placed.
         others = {int(t) for t in os.listdir(f"/proc/{pid}/task")} - {pid, thread}
         placed = {t: _cpus(pid, t) for t in others if os.path.exists(f"/proc/{pid}/task/{t}")}
         assert placed and all(cpus == ALLOWED for cpus in placed.values()), placed
+
+
+def test_the_loop_and_the_thread_get_every_cpu_back_once_the_model_is_idle(
+    server: ServerProcess,
+) -> None:
+    pid = server.proc.pid
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        thread = _thread_of(client, "short_runs", runs=6)
+    if len(ALLOWED) > 1:
+        assert len(_cpus(pid, pid)) == 1
+    # Reviewed every REVIEW_S: the first review after the last run may still count it.
+    deadline = time.monotonic() + 4 * affinity.REVIEW_S + 5
+    while _cpus(pid, pid) != ALLOWED:
+        assert time.monotonic() < deadline, "an idle model still holds the loop's CPU"
+        time.sleep(0.05)
+    assert _cpus(pid, thread) == ALLOWED
 
 
 def test_share_event_loop_cpu_false_leaves_every_thread_on_every_cpu(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -35,9 +36,61 @@ class FakeAffinity:
         self.callers.append(threading.get_native_id())
 
 
-def loop_cpu(cpus: Iterable[int] = (0, 1, 2, 3), current: int = 2) -> tuple[LoopCpu, FakeAffinity]:
+class FakeTimer:
+    def __init__(self, delay: float, callback: Callable[[], None]) -> None:
+        self.delay, self.callback, self.cancelled = delay, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeSystem:
+    """The review's world: each thread's (run, wait) nanoseconds, the clock, the timers."""
+
+    def __init__(self) -> None:
+        self.times: dict[int, tuple[int, int]] = {}
+        self.now = 100.0
+        self.timers: list[FakeTimer] = []
+        self.unreadable = False
+
+    def schedstat(self, thread_id: int) -> tuple[int, int]:
+        if self.unreadable:
+            raise FileNotFoundError(2, "No such file or directory")
+        return self.times.get(thread_id, (0, 0))
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> FakeTimer:
+        self.timers.append(FakeTimer(delay, callback))
+        return self.timers[-1]
+
+    def pending(self) -> list[FakeTimer]:
+        return [t for t in self.timers if not t.cancelled]
+
+    def advance(self, thread_id: int, run_ns: int, wait_ns: int) -> None:
+        run, wait = self.times.get(thread_id, (0, 0))
+        self.times[thread_id] = (run + run_ns, wait + wait_ns)
+
+    def review(self) -> None:
+        """A second passes and the pending review runs."""
+        (timer,) = self.pending()
+        self.timers.remove(timer)
+        self.now += timer.delay
+        timer.callback()
+
+
+def loop_cpu(
+    cpus: Iterable[int] = (0, 1, 2, 3), current: int = 2, system: FakeSystem | None = None
+) -> tuple[LoopCpu, FakeAffinity]:
     fake = FakeAffinity()
-    return LoopCpu(allowed=cpus, set_affinity=fake, current_cpu=lambda: current), fake
+    system = system or FakeSystem()
+    placement = LoopCpu(
+        allowed=cpus,
+        set_affinity=fake,
+        current_cpu=lambda: current,
+        schedstat=system.schedstat,
+        call_later=system.call_later,
+        clock=lambda: system.now,
+    )
+    return placement, fake
 
 
 ALL = frozenset({0, 1, 2, 3})
@@ -122,6 +175,131 @@ def test_the_cpu_of_this_thread_is_read_from_proc() -> None:
     if not hasattr(affinity.os, "sched_getaffinity"):
         pytest.skip("Linux only")
     assert affinity._current_cpu() in affinity.os.sched_getaffinity(0)
+
+
+# --- the review: idle or contended placements end ------------------------------------------
+def test_a_placement_whose_threads_keep_running_uncontended_is_kept() -> None:
+    system = FakeSystem()
+    placement, fake = loop_cpu(system=system)
+    loop_thread = threading.get_native_id()
+    placement.place(101, beside=True)
+    assert [t.delay for t in system.pending()] == [affinity.REVIEW_S]
+    for _ in range(3):
+        placement.place(101, beside=True)  # a run
+        # Busy and waiting a tenth of the time: two threads taking turns on one CPU.
+        system.advance(loop_thread, 900_000_000, 100_000_000)
+        system.advance(101, 100_000_000, 10_000_000)
+        system.review()
+        assert placement.members == {101} and placement.cpu == 2
+        assert len(system.pending()) == 1, "the next review is scheduled"
+    assert len(fake.calls) == 2, "nothing was moved"
+
+
+def test_threads_that_stopped_running_are_released_and_placed_again_at_the_next_run() -> None:
+    system = FakeSystem()
+    placement, fake = loop_cpu(system=system, current=3)
+    loop_thread = threading.get_native_id()
+    placement.place(101, beside=True)
+    system.review()  # ran since the placement: kept
+    assert placement.members == {101}
+    system.review()  # no run for a whole period
+    assert placement.cpu is None and not placement.members and not system.pending()
+    assert fake.calls[-2:] == [(101, ALL), (loop_thread, ALL)]
+    placement.place(101, beside=True)  # the model is used again: no hold after idleness
+    assert placement.cpu == 3 and placement.members == {101}
+
+
+def test_a_contended_cpu_frees_the_threads_for_a_hold_that_doubles_while_it_recurs() -> None:
+    system = FakeSystem()
+    placement, fake = loop_cpu(system=system)
+    loop_thread = threading.get_native_id()
+
+    def contended_second() -> None:
+        placement.place(101, beside=True)
+        # Another process on the CPU: half of the runnable time spent waiting.
+        system.advance(loop_thread, 500_000_000, 450_000_000)
+        system.advance(101, 50_000_000, 300_000_000)
+        system.review()
+
+    placement.place(101, beside=True)
+    contended_second()
+    assert placement.cpu is None and not placement.members and not system.pending()
+    assert fake.calls[-2:] == [(101, ALL), (loop_thread, ALL)]
+    for hold in (affinity.HOLD_S, 2 * affinity.HOLD_S, 4 * affinity.HOLD_S):
+        released_at = system.now
+        system.now = released_at + hold - 0.01
+        placement.place(101, beside=True)
+        assert placement.cpu is None, "still held: the kernel spreads the threads meanwhile"
+        system.now = released_at + hold
+        placement.place(101, beside=True)
+        assert placement.members == {101}, "placed again once the hold is over"
+        contended_second()
+        assert placement.cpu is None
+    # A quiet period resets the hold.
+    system.now += 8 * affinity.HOLD_S
+    placement.place(101, beside=True)
+    placement.place(101, beside=True)
+    system.review()
+    contended_second_at = system.now
+    assert placement.members == {101}
+    contended_second()
+    system.now = contended_second_at + 1.0 + affinity.HOLD_S
+    placement.place(101, beside=True)
+    assert placement.members == {101}
+
+
+def test_the_hold_never_exceeds_its_maximum() -> None:
+    system = FakeSystem()
+    placement, _ = loop_cpu(system=system)
+    loop_thread = threading.get_native_id()
+    for _ in range(12):
+        system.now += affinity.MAX_HOLD_S
+        placement.place(101, beside=True)
+        assert placement.members == {101}
+        system.advance(loop_thread, 100, 900)
+        system.review()
+    assert placement._hold == affinity.MAX_HOLD_S
+
+
+def test_a_thread_time_that_cannot_be_read_turns_placement_off() -> None:
+    system = FakeSystem()
+    placement, fake = loop_cpu(system=system)
+    placement.place(101, beside=True)
+    system.unreadable = True
+    system.review()
+    assert not placement.enabled and not placement.members and placement.cpu is None
+    assert (101, ALL) in fake.calls
+
+
+def test_releasing_the_loop_cancels_its_review() -> None:
+    system = FakeSystem()
+    placement, _ = loop_cpu(system=system)
+    placement.place(101, beside=True)
+    placement.place(101, beside=False)
+    assert system.timers and not system.pending()
+    placement.place(101, beside=True)
+    placement.configure(False)
+    assert not system.pending()
+
+
+def test_without_a_running_loop_to_review_it_nothing_stays_placed() -> None:
+    fake = FakeAffinity()
+    placement = LoopCpu(allowed=(0, 1), set_affinity=fake, current_cpu=lambda: 1)
+    placement.place(101, beside=True)  # no event loop runs in this thread
+    assert not placement.enabled and placement.cpu is None and not placement.members
+    assert fake.calls[0] == (0, frozenset({1}))
+    assert fake.calls[-1] == (threading.get_native_id(), frozenset({0, 1}))
+
+
+def test_a_threads_run_and_wait_times_are_read_from_proc() -> None:
+    if not Path("/proc/thread-self/schedstat").exists():
+        pytest.skip("Linux only")
+    ran, waited = affinity._schedstat(threading.get_native_id())
+    end = time.thread_time() + 0.01
+    while time.thread_time() < end:
+        pass
+    ran_after, waited_after = affinity._schedstat(threading.get_native_id())
+    assert ran_after - ran >= 5_000_000 and waited_after >= waited >= 0
 
 
 # --- which instance threads the scheduler places -----------------------------------------
