@@ -1,7 +1,8 @@
 """Where the server's threads run: a Python model whose runs are short shares the event
 loop's CPU, one whose runs are long keeps every CPU (``server.affinity``). Each model
 answers with the native id of the thread that ran it; the test reads that thread's and the
-event loop's (the main thread's) CPU lists from /proc."""
+event loop's (the main thread's) CPU lists from /proc. And no thread, ONNX Runtime's
+included, runs outside the CPU set the server was started with."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import tritonclient.grpc as grpcclient
 
 from server import affinity
 from tests.harness import ServerProcess, run_server
-from tests.models import write_python_probe
+from tests.models import write_onnx_identity, write_python_probe
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/thread-self/stat").exists(), reason="CPU placement is Linux's"
@@ -126,3 +127,31 @@ def test_share_event_loop_cpu_false_leaves_every_thread_on_every_cpu(tmp_path: P
             thread = _thread_of(client, "short_runs", runs=6)
         assert _cpus(pid, pid) == ALLOWED
         assert _cpus(pid, thread) == ALLOWED
+
+
+@pytest.mark.skipif(len(ALLOWED) < 2, reason="needs a CPU outside the server's set")
+def test_no_thread_runs_outside_the_cpu_set_the_server_was_started_with(tmp_path: Path) -> None:
+    # ONNX Runtime's own default pins a pool thread per further physical core of the
+    # machine, whatever CPU set the process has: under one CPU it put one on another CPU.
+    write_onnx_identity(tmp_path, "onnx_identity")  # beside the Python models of _serve
+    cpu = min(ALLOWED)
+    os.sched_setaffinity(0, {cpu})  # the server inherits this thread's set
+    try:
+        servers = _serve(tmp_path)
+        server = next(servers)
+    finally:
+        os.sched_setaffinity(0, ALLOWED)
+    try:
+        pid = server.proc.pid
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            tensor = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+            data = np.arange(4, dtype=np.float32).reshape(1, 4)
+            tensor.set_data_from_numpy(data)
+            result = client.infer("onnx_identity", [tensor]).as_numpy("OUTPUT0")
+            np.testing.assert_array_equal(result, data)
+            _thread_of(client, "short_runs", runs=6)
+        threads = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+        cpus = {t: _cpus(pid, t) for t in threads if os.path.exists(f"/proc/{pid}/task/{t}")}
+        assert len(cpus) > 3 and all(c == {cpu} for c in cpus.values()), cpus
+    finally:
+        servers.close()
