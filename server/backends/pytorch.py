@@ -12,6 +12,7 @@ order.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -24,7 +25,7 @@ import numpy as np
 
 from server.backends.base import Backend, InstanceSpec, ModelInstance, RequestOutputs, Timing
 from server.backends.batching import gather_inputs, split_outputs
-from server.errors import internal, unavailable, unsupported
+from server.errors import internal, invalid_arg, unavailable, unsupported
 from server.repository.view import ModelView
 from server.tensors import NUMPY_DTYPES, settled, writable
 from server.types import InferRequest
@@ -36,6 +37,55 @@ warnings.filterwarnings(
     "ignore", message="The given NumPy array is not writable", category=UserWarning, module=__name__
 )
 _import_lock = threading.Lock()
+log = logging.getLogger(__name__)
+
+# torch's thread counts are the process's, not a model's: as in Triton's PyTorch backend, the
+# first model that gives a parameter sets it, and a different value from a later model is
+# ignored with a warning. Parameter -> (the count in force, the model that set it).
+_THREAD_PARAMETERS = {
+    "INTRA_OP_THREAD_COUNT": "set_num_threads",
+    "INTER_OP_THREAD_COUNT": "set_num_interop_threads",
+}
+_threads_set: dict[str, tuple[int, str]] = {}
+_threads_lock = threading.Lock()
+
+
+def apply_thread_counts(torch: Any, model: str, parameters: dict[str, str]) -> None:
+    """Apply a model's ``INTRA_OP_THREAD_COUNT`` and ``INTER_OP_THREAD_COUNT`` parameters
+    (positive integers; 0 or less leaves torch's default)."""
+    for key, setter in _THREAD_PARAMETERS.items():
+        text = parameters.get(key)
+        if text is None:
+            continue
+        try:
+            count = int(text)
+        except ValueError:
+            raise invalid_arg(
+                f"parameter '{key}' of model '{model}' must be an integer, got '{text}'"
+            ) from None
+        if count <= 0:
+            continue
+        with _threads_lock:
+            if key in _threads_set:
+                in_force, by = _threads_set[key]
+                if in_force != count:
+                    log.warning(
+                        "%s of model '%s' (%d) is ignored: torch's count is the process's, "
+                        "set to %d by model '%s'",
+                        key,
+                        model,
+                        count,
+                        in_force,
+                        by,
+                    )
+                continue
+            try:
+                getattr(torch, setter)(count)
+            except RuntimeError as exc:  # inter-op threads, once torch's pool has started
+                log.warning("%s of model '%s' (%d) cannot be applied: %s", key, model, count, exc)
+                continue
+            _threads_set[key] = (count, model)
+        log.info("%s is %d, set by model '%s'", key, count, model)
 
 
 def import_torch(model: str) -> Any:
@@ -103,6 +153,7 @@ class PyTorchBackend(Backend):
         self, config: Any, view: ModelView, version_dir: Path, instance: InstanceSpec
     ) -> ModelInstance:
         torch = import_torch(config.name)
+        apply_thread_counts(torch, config.name, view.parameters)
         path = self.model_file(config, version_dir)
         if not path.is_file():
             raise unavailable(f"unable to find '{path}' for model '{config.name}'")

@@ -19,7 +19,13 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests.harness import ServerProcess, run_server
-from tests.models import bf16_client_array, model_config, write_config, write_onnx_add_sub
+from tests.models import (
+    bf16_client_array,
+    model_config,
+    write_config,
+    write_onnx_add_sub,
+    write_python_probe,
+)
 
 
 def _torch_importable() -> bool:
@@ -329,6 +335,39 @@ if HAVE_TORCH:
             assert result.as_numpy("OUTPUT__1").tolist() == (given * 2).tolist()
             assert result.as_numpy("OUTPUT__2").astype(np.float32).tolist() == (given / 2).tolist()
             client.close()
+
+    def test_thread_count_parameters_set_torchs_threads(tmp_path: Path) -> None:
+        # Triton's PyTorch backend parameters; torch's counts are the process's, which the
+        # in-process Python model below reads back.
+        repo = _repo(tmp_path, with_files=True)
+        config = repo / "pt_add_sub" / "config.pbtxt"
+        config.write_text(
+            config.read_text()
+            + 'parameters { key: "INTRA_OP_THREAD_COUNT" value { string_value: "5" } }\n'
+            + 'parameters { key: "INTER_OP_THREAD_COUNT" value { string_value: "7" } }\n'
+        )
+        probe = (
+            "import numpy as np, torch\n"
+            "import triton_python_backend_utils as pb_utils\n"
+            "class TritonPythonModel:\n"
+            "    def execute(self, requests):\n"
+            "        counts = np.array([torch.get_num_threads() * 100 + "
+            "torch.get_num_interop_threads()], dtype=np.int64)\n"
+            "        return [pb_utils.InferenceResponse([pb_utils.Tensor('OUT', counts)]) "
+            "for _ in requests]\n"
+        )
+        write_python_probe(repo, "torch_threads", probe, output="INT64")
+        with run_server(["--model-repository", str(repo)], services=("http",)) as srv:
+            with httpclient.InferenceServerClient(srv.http_url) as client:
+                tensor = _http_input("IN", np.zeros(1, np.int32), "INT32")
+                counts = client.infer("torch_threads", [tensor]).as_numpy("OUT")
+                assert counts.tolist() == [507]
+                a = np.ones((1, 4), np.float32)
+                result = client.infer(
+                    "pt_add_sub",
+                    [_http_input("INPUT0", a, "FP32"), _http_input("INPUT1", a, "FP32")],
+                )
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT__0"), 2 * a)
 
 else:
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from server.backends import pytorch
 from server.backends.pytorch import PyTorchInstance
+from server.errors import Code, ServerError
 from server.repository.view import ModelView, TensorSpec
 
 
@@ -65,3 +67,70 @@ def test_device_outputs_come_back_into_page_locked_memory() -> None:
     array = instance._download(value)
     assert asked == [True]
     assert array.tolist() == value.tolist() and array.flags.c_contiguous
+
+
+# --- INTRA_OP_THREAD_COUNT and INTER_OP_THREAD_COUNT -----------------------------------------
+class ThreadCounts:
+    """torch's two thread-count setters, recorded; ``refuse_interop`` raises as torch does
+    once its inter-op pool has started."""
+
+    def __init__(self, refuse_interop: bool = False) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.refuse_interop = refuse_interop
+
+    def set_num_threads(self, count: int) -> None:
+        self.calls.append(("intra", count))
+
+    def set_num_interop_threads(self, count: int) -> None:
+        if self.refuse_interop:
+            raise RuntimeError("cannot set number of interop threads after parallel work")
+        self.calls.append(("inter", count))
+
+
+@pytest.fixture()
+def fresh_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pytorch, "_threads_set", {})
+
+
+@pytest.mark.usefixtures("fresh_counts")
+def test_the_first_model_that_gives_a_thread_count_sets_it_for_the_process(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = ThreadCounts()
+    both = {"INTRA_OP_THREAD_COUNT": "3", "INTER_OP_THREAD_COUNT": "2"}
+    pytorch.apply_thread_counts(fake, "first", both)
+    assert fake.calls == [("intra", 3), ("inter", 2)]
+    pytorch.apply_thread_counts(fake, "same", both)
+    with caplog.at_level("WARNING", logger="server.backends.pytorch"):
+        pytorch.apply_thread_counts(fake, "other", {"INTRA_OP_THREAD_COUNT": "8"})
+    assert fake.calls == [("intra", 3), ("inter", 2)], "later models do not change it"
+    assert "INTRA_OP_THREAD_COUNT of model 'other' (8) is ignored" in caplog.text
+    assert "set to 3 by model 'first'" in caplog.text
+
+
+@pytest.mark.usefixtures("fresh_counts")
+def test_zero_or_no_count_leaves_torchs_default_and_a_word_is_refused() -> None:
+    fake = ThreadCounts()
+    pytorch.apply_thread_counts(fake, "m", {"INTRA_OP_THREAD_COUNT": "0", "OTHER": "x"})
+    pytorch.apply_thread_counts(fake, "m", {"INTER_OP_THREAD_COUNT": "-1"})
+    assert fake.calls == []
+    with pytest.raises(ServerError) as refused:
+        pytorch.apply_thread_counts(fake, "m", {"INTER_OP_THREAD_COUNT": "four"})
+    assert refused.value.code is Code.INVALID_ARG
+    assert "parameter 'INTER_OP_THREAD_COUNT' of model 'm' must be an integer, got 'four'" in str(
+        refused.value
+    )
+
+
+@pytest.mark.usefixtures("fresh_counts")
+def test_an_inter_op_count_torch_refuses_is_a_warning_and_stays_open(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="server.backends.pytorch"):
+        pytorch.apply_thread_counts(
+            ThreadCounts(refuse_interop=True), "late", {"INTER_OP_THREAD_COUNT": "2"}
+        )
+    assert "INTER_OP_THREAD_COUNT of model 'late' (2) cannot be applied" in caplog.text
+    fake = ThreadCounts()
+    pytorch.apply_thread_counts(fake, "next", {"INTER_OP_THREAD_COUNT": "2"})
+    assert fake.calls == [("inter", 2)]
