@@ -97,11 +97,10 @@ def default_intra_op_threads() -> int:
     node with 32 physical cores gets 32 threads per session), and pins threads to CPUs
     outside the process's CPU set (a server started under ``taskset -c 0`` ran a pool
     thread on CPU 1; in a container's cpuset the pinning fails with an error per thread).
-    Here a process limited
-    by its CPU set or its cgroup's quota (as joblib counts them) gets that many threads, and
-    one that may use the whole machine gets its physical cores, as ONNX Runtime would. A
-    count given explicitly also leaves the threads unpinned, so the kernel places them with
-    the rest of the server's threads."""
+    Here a process limited by its CPU set or its cgroup's quota (as joblib counts them) gets
+    that many threads, and one that may use the whole machine gets its physical cores, as
+    ONNX Runtime would. A count given explicitly also leaves the threads unpinned, so the
+    kernel places them with the rest of the server's threads."""
     import psutil
     from joblib import cpu_count
 

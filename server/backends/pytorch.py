@@ -41,11 +41,12 @@ log = logging.getLogger(__name__)
 
 # torch's thread counts are the process's, not a model's: as in Triton's PyTorch backend, the
 # first model that gives a parameter sets it, and a different value from a later model is
-# ignored with a warning. Parameter -> (the count in force, the model that set it).
+# ignored with a warning.
 _THREAD_PARAMETERS = {
     "INTRA_OP_THREAD_COUNT": "set_num_threads",
     "INTER_OP_THREAD_COUNT": "set_num_interop_threads",
 }
+# Parameter -> (the count in force, the model that set it).
 _threads_set: dict[str, tuple[int, str]] = {}
 _threads_lock = threading.Lock()
 
