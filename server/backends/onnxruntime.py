@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import io
 import logging
 import os
@@ -18,6 +17,7 @@ import numpy as np
 
 from server.backends.base import Backend, InstanceSpec, ModelInstance, RequestOutputs, Timing
 from server.backends.batching import gather_inputs, split_outputs
+from server.backends.cpus import default_intra_op_threads
 from server.errors import ServerError, internal, invalid_arg, unavailable, unsupported
 from server.repository.view import ModelView
 from server.tensors import NUMPY_DTYPES
@@ -88,28 +88,6 @@ def _dims(shape: Sequence[Any]) -> list[int]:
     return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
 
 
-@functools.cache
-def default_intra_op_threads() -> int:
-    """The intra-op thread count of a session whose model does not set one.
-
-    ONNX Runtime's own default is the machine's physical cores, with each pool thread pinned
-    to one of them: it ignores the CPU quota of a container (a pod limited to 4 CPUs on a
-    node with 32 physical cores gets 32 threads per session), and pins threads to CPUs
-    outside the process's CPU set (a server started under ``taskset -c 0`` ran a pool
-    thread on CPU 1; in a container's cpuset the pinning fails with an error per thread).
-    Here a process limited by its CPU set or its cgroup's quota (as joblib counts them) gets
-    that many threads, and one that may use the whole machine gets its physical cores, as
-    ONNX Runtime would. A count given explicitly also leaves the threads unpinned, so the
-    kernel places them with the rest of the server's threads."""
-    import psutil
-    from joblib import cpu_count
-
-    usable = max(1, cpu_count())
-    if usable < (os.cpu_count() or usable):
-        return usable
-    return psutil.cpu_count(logical=False) or usable
-
-
 def _session_options(config: Any) -> Any:
     ort = _ort()
     options = ort.SessionOptions()
@@ -125,7 +103,9 @@ def _session_options(config: Any) -> Any:
                 raise invalid_arg(
                     f"parameter '{key}' of model '{config.name}' must be an integer"
                 ) from None
-    # ONNX Runtime's own variable for its default, where a version reads it, stays in force.
+    # ONNX Runtime's own default counts the whole machine and pins its threads (see
+    # server/backends/cpus.py); a count given here leaves them unpinned. Its own variable
+    # for that default, where a version reads it, stays in force.
     if "intra_op_thread_count" not in params and "ORT_INTRA_OP_NUM_THREADS" not in os.environ:
         options.intra_op_num_threads = default_intra_op_threads()
     options.log_severity_level = 3

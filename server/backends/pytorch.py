@@ -25,6 +25,7 @@ import numpy as np
 
 from server.backends.base import Backend, InstanceSpec, ModelInstance, RequestOutputs, Timing
 from server.backends.batching import gather_inputs, split_outputs
+from server.backends.cpus import limited_cpus
 from server.errors import internal, invalid_arg, unavailable, unsupported
 from server.repository.view import ModelView
 from server.tensors import NUMPY_DTYPES, settled, writable
@@ -53,7 +54,19 @@ _threads_lock = threading.Lock()
 
 def apply_thread_counts(torch: Any, model: str, parameters: dict[str, str]) -> None:
     """Apply a model's ``INTRA_OP_THREAD_COUNT`` and ``INTER_OP_THREAD_COUNT`` parameters
-    (positive integers; 0 or less leaves torch's default)."""
+    (positive integers; 0 or less leaves torch's default). While no model has set the
+    intra-op count, a process limited by its cgroup's CPU quota gets at most that many intra-op
+    threads: torch keeps to the process's CPU set, but not to the quota."""
+    _apply_parameters(torch, model, parameters)
+    limit = limited_cpus()
+    with _threads_lock:
+        if limit is not None and "INTRA_OP_THREAD_COUNT" not in _threads_set:
+            if torch.get_num_threads() > limit:
+                torch.set_num_threads(limit)
+                log.info("torch's intra-op threads: %d, the CPUs this process may use", limit)
+
+
+def _apply_parameters(torch: Any, model: str, parameters: dict[str, str]) -> None:
     for key, setter in _THREAD_PARAMETERS.items():
         text = parameters.get(key)
         if text is None:

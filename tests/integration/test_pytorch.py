@@ -7,6 +7,7 @@ also tested with torch installed, by hiding it from the server process.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -336,38 +337,48 @@ if HAVE_TORCH:
             assert result.as_numpy("OUTPUT__2").astype(np.float32).tolist() == (given / 2).tolist()
             client.close()
 
-    def test_thread_count_parameters_set_torchs_threads(tmp_path: Path) -> None:
-        # Triton's PyTorch backend parameters; torch's counts are the process's, which the
-        # in-process Python model below reads back.
+    _TORCH_THREADS = (
+        "import numpy as np, torch\n"
+        "import triton_python_backend_utils as pb_utils\n"
+        "class TritonPythonModel:\n"
+        "    def execute(self, requests):\n"
+        "        counts = np.array([torch.get_num_threads() * 100 + "
+        "torch.get_num_interop_threads()], dtype=np.int64)\n"
+        "        return [pb_utils.InferenceResponse([pb_utils.Tensor('OUT', counts)]) "
+        "for _ in requests]\n"
+    )
+
+    def _torch_threads(tmp_path: Path, parameters: str, env: dict[str, str]) -> int:
+        """torch's intra-op count * 100 + its inter-op count in a server whose pt_add_sub
+        has ``parameters``, read back by an in-process Python model."""
         repo = _repo(tmp_path, with_files=True)
         config = repo / "pt_add_sub" / "config.pbtxt"
-        config.write_text(
-            config.read_text()
-            + 'parameters { key: "INTRA_OP_THREAD_COUNT" value { string_value: "5" } }\n'
-            + 'parameters { key: "INTER_OP_THREAD_COUNT" value { string_value: "7" } }\n'
-        )
-        probe = (
-            "import numpy as np, torch\n"
-            "import triton_python_backend_utils as pb_utils\n"
-            "class TritonPythonModel:\n"
-            "    def execute(self, requests):\n"
-            "        counts = np.array([torch.get_num_threads() * 100 + "
-            "torch.get_num_interop_threads()], dtype=np.int64)\n"
-            "        return [pb_utils.InferenceResponse([pb_utils.Tensor('OUT', counts)]) "
-            "for _ in requests]\n"
-        )
-        write_python_probe(repo, "torch_threads", probe, output="INT64")
-        with run_server(["--model-repository", str(repo)], services=("http",)) as srv:
+        config.write_text(config.read_text() + parameters)
+        write_python_probe(repo, "torch_threads", _TORCH_THREADS, output="INT64")
+        with run_server(["--model-repository", str(repo)], services=("http",), env=env) as srv:
             with httpclient.InferenceServerClient(srv.http_url) as client:
-                tensor = _http_input("IN", np.zeros(1, np.int32), "INT32")
-                counts = client.infer("torch_threads", [tensor]).as_numpy("OUT")
-                assert counts.tolist() == [507]
                 a = np.ones((1, 4), np.float32)
                 result = client.infer(
                     "pt_add_sub",
                     [_http_input("INPUT0", a, "FP32"), _http_input("INPUT1", a, "FP32")],
                 )
                 np.testing.assert_array_equal(result.as_numpy("OUTPUT__0"), 2 * a)
+                tensor = _http_input("IN", np.zeros(1, np.int32), "INT32")
+                return int(client.infer("torch_threads", [tensor]).as_numpy("OUT")[0])
+
+    def test_thread_count_parameters_set_torchs_threads(tmp_path: Path) -> None:
+        # Triton's PyTorch backend parameters; torch's counts are the process's.
+        parameters = (
+            'parameters { key: "INTRA_OP_THREAD_COUNT" value { string_value: "5" } }\n'
+            'parameters { key: "INTER_OP_THREAD_COUNT" value { string_value: "7" } }\n'
+        )
+        assert _torch_threads(tmp_path, parameters, {}) == 507
+
+    @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to limit")
+    def test_a_cpu_limit_below_the_machine_caps_torchs_threads(tmp_path: Path) -> None:
+        # joblib's LOKY_MAX_CPU_COUNT limits the count as a pod's CPU quota does; torch
+        # itself would take every CPU of the process's set.
+        assert _torch_threads(tmp_path, "", {"LOKY_MAX_CPU_COUNT": "1"}) // 100 == 1
 
 else:
 

@@ -13,6 +13,7 @@ import pytest
 from google.protobuf import text_format
 from joblib import cpu_count
 
+from server.backends import cpus
 from server.backends import onnxruntime as ort_backend
 from server.errors import ServerError
 from server.protocol.generated import model_config_pb2
@@ -32,10 +33,11 @@ def _no_ort_variable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_without_a_setting_the_count_is_what_this_process_may_use() -> None:
     count = options({}).intra_op_num_threads  # type: ignore[attr-defined]
-    assert count == ort_backend.default_intra_op_threads()
+    assert count == cpus.default_intra_op_threads()
     if cpu_count() < (os.cpu_count() or 1):  # limited by a CPU set or a quota
-        assert count == cpu_count()
+        assert count == cpus.limited_cpus() == cpu_count()
     else:  # the whole machine: its physical cores, as ONNX Runtime counts by default
+        assert cpus.limited_cpus() is None
         assert count == psutil.cpu_count(logical=False)
     assert 1 <= count <= len(os.sched_getaffinity(0))
 
@@ -56,19 +58,29 @@ def test_a_count_that_is_not_an_integer_is_refused() -> None:
         options({"intra_op_thread_count": "many"})
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
-def test_a_process_limited_to_one_cpu_gets_one_thread() -> None:
+def _count_in_a_child(env: dict[str, str], one_cpu: bool) -> str:
     cpu = min(os.sched_getaffinity(0))
     code = "from server.backends.onnxruntime import default_intra_op_threads as d; print(d())"
-    printed = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", code],
-        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+        preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if one_cpu else None,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         check=True,
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-    ).stdout
-    assert printed.strip() == "1"
+    ).stdout.strip()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
+def test_a_process_limited_to_one_cpu_gets_one_thread() -> None:
+    assert _count_in_a_child({}, one_cpu=True) == "1"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to limit")
+def test_a_limit_below_the_cpu_set_counts_as_a_quota_does() -> None:
+    # joblib's own variable caps its count as a cgroup's CPU quota does.
+    assert _count_in_a_child({"LOKY_MAX_CPU_COUNT": "1"}, one_cpu=False) == "1"
 
 
 def test_the_parsed_parameters_of_a_config_file_reach_the_session() -> None:

@@ -74,12 +74,17 @@ class ThreadCounts:
     """torch's two thread-count setters, recorded; ``refuse_interop`` raises as torch does
     once its inter-op pool has started."""
 
-    def __init__(self, refuse_interop: bool = False) -> None:
+    def __init__(self, refuse_interop: bool = False, intra: int = 4) -> None:
         self.calls: list[tuple[str, int]] = []
         self.refuse_interop = refuse_interop
+        self.intra = intra
+
+    def get_num_threads(self) -> int:
+        return self.intra
 
     def set_num_threads(self, count: int) -> None:
         self.calls.append(("intra", count))
+        self.intra = count
 
     def set_num_interop_threads(self, count: int) -> None:
         if self.refuse_interop:
@@ -90,6 +95,7 @@ class ThreadCounts:
 @pytest.fixture()
 def fresh_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pytorch, "_threads_set", {})
+    monkeypatch.setattr(pytorch, "limited_cpus", lambda: None)  # a machine of its own
 
 
 @pytest.mark.usefixtures("fresh_counts")
@@ -134,3 +140,22 @@ def test_an_inter_op_count_torch_refuses_is_a_warning_and_stays_open(
     fake = ThreadCounts()
     pytorch.apply_thread_counts(fake, "next", {"INTER_OP_THREAD_COUNT": "2"})
     assert fake.calls == [("inter", 2)]
+
+
+@pytest.mark.usefixtures("fresh_counts")
+def test_a_process_limited_to_fewer_cpus_gets_no_more_intra_op_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pytorch, "limited_cpus", lambda: 2)  # e.g. a pod's CPU quota
+    fake = ThreadCounts(intra=8)
+    pytorch.apply_thread_counts(fake, "m", {})
+    assert fake.calls == [("intra", 2)]
+    pytorch.apply_thread_counts(fake, "n", {})
+    assert fake.calls == [("intra", 2)], "already within the limit"
+    pytorch.apply_thread_counts(fake, "given", {"INTRA_OP_THREAD_COUNT": "6"})
+    pytorch.apply_thread_counts(fake, "later", {})
+    assert fake.calls == [("intra", 2), ("intra", 6)], "a model's own count is kept"
+    small = ThreadCounts(intra=1)
+    monkeypatch.setattr(pytorch, "_threads_set", {})
+    pytorch.apply_thread_counts(small, "m", {})
+    assert small.calls == [], "never raised to the limit"
