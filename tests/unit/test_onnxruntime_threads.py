@@ -1,6 +1,7 @@
 """How many intra-op threads an ONNX Runtime session gets (``server.backends.onnxruntime``):
-the model's ``intra_op_thread_count`` when it sets one, otherwise the physical cores within
-the CPUs this process may use, never ONNX Runtime's count of the whole machine's."""
+the model's ``intra_op_thread_count`` when it sets one, otherwise the CPUs this process may
+use when its CPU set or quota limits it, or else the machine's physical cores, always given
+explicitly so that ONNX Runtime pins no thread."""
 
 from __future__ import annotations
 
