@@ -81,6 +81,8 @@ class Scheduler(abc.ABC):
             and len(instances) == 1
             and getattr(instance, "short_runs_beside_loop", False)
         }
+        # Instances whose runs are timed by their own processor time (either map above).
+        self._timed = self._run_times.keys() | self._beside_loop.keys()
         # The native id of each instance's thread, once it runs.
         self._thread_ids: dict[int, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -190,7 +192,7 @@ class Scheduler(abc.ABC):
         # The run's own processor time, for instances that may run inline or share the
         # loop's CPU: on the instance's thread its wall time also holds waits for the
         # interpreter lock, which are not the run's.
-        timed = id(instance) in self._run_times or id(instance) in self._beside_loop
+        timed = id(instance) in self._timed
         started = time.thread_time_ns() if timed else 0
         try:
             results = instance.execute(batch, timing)
