@@ -465,6 +465,14 @@ class _Stream:
         self.timed_out = False
         self.wake: asyncio.Future[None] | None = None
 
+    def call_ended(self, task: asyncio.Task[None]) -> None:
+        # A call cancelled as its client went away keeps its CancelledError, whose traceback
+        # holds the call's frames and through them this stream: forgetting the task here
+        # lets the stream, its connection and the request be freed by reference counting
+        # instead of waiting for a garbage collection. The stream is out of its connection's
+        # table by then (answered, reset or its connection lost), so no call starts again.
+        self.task = None
+
     def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         pairs: list[tuple[str, str | bytes]] = []
         for name, value in self.headers:
@@ -885,11 +893,11 @@ class _Connection(WriteFlow, asyncio.Protocol):
             stream.timer = self.loop.call_at(stream.deadline, self._expire, stream)
         if method.client_streaming:
             stream.inbox = asyncio.Queue()
-            stream.task = self.loop.create_task(self._call(stream, method))
+            self._start_call(stream, method)
             if end_stream:
                 stream.inbox.put_nowait(None)
         elif end_stream:
-            stream.task = self.loop.create_task(self._call(stream, method))
+            self._start_call(stream, method)
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes | bytearray) -> None:
         length = len(payload)
@@ -1021,9 +1029,13 @@ class _Connection(WriteFlow, asyncio.Protocol):
         elif stream.task is None and not stream.local_closed:
             method = self.listener.methods.get(stream.path)
             if method is not None:
-                stream.task = self.loop.create_task(self._call(stream, method))
+                self._start_call(stream, method)
 
     # --- calls ----------------------------------------------------------------------------
+    def _start_call(self, stream: _Stream, method: _Method) -> None:
+        stream.task = self.loop.create_task(self._call(stream, method))
+        stream.task.add_done_callback(stream.call_ended)
+
     async def _call(self, stream: _Stream, method: _Method) -> None:
         context = Context(stream)
         code: grpc.StatusCode = grpc.StatusCode.OK

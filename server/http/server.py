@@ -267,6 +267,9 @@ class _Connection(WriteFlow, asyncio.Protocol):
             # The client went away: withdraw the queued request rather than run it for nobody.
             self.task.cancel()
         self.queue.clear()
+        # The parser holds this protocol's callbacks: without it, a connection that ended is
+        # freed by reference counting instead of waiting for a garbage collection.
+        self.parser = None  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.active_at = self.loop.time()

@@ -6,10 +6,12 @@ CONTINUATION frames, padding, ping policing, keepalive and a graceful stop."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import itertools
 import socket
 import struct
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -909,3 +911,48 @@ async def test_a_large_data_frame_over_the_limit_is_refused_and_dropped(
     ended, _ = await _answered(connection, wire, (1, 3))
     assert ended[1][0] == b"8"  # RESOURCE_EXHAUSTED
     assert ended[3][0] == b"0"
+
+
+@pytest.mark.parametrize("ending", ["connection closed", "stream reset"])
+async def test_a_call_cancelled_as_its_client_went_away_is_freed_without_a_garbage_collection(
+    served: Any, ending: str
+) -> None:
+    """The cancelled call's CancelledError holds its frames, and they the stream, its
+    connection and the request: none of it may wait for the cyclic collector, which a
+    server under load runs seldom."""
+    listener, servicer, port = served
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        client = await RawClient.open(port)
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(stream_id, client.request_headers())
+        client.conn.send_data(
+            stream_id, _message(pb.ModelInferRequest(model_name="wait")), end_stream=True
+        )
+        client.flush()
+        await asyncio.wait_for(servicer.started.wait(), TIMEOUT)
+        (connection,) = listener.connections
+        (stream,) = connection.streams.values()
+        # The call's task: it holds the CancelledError, and through it the rest.
+        refs = [weakref.ref(connection), weakref.ref(stream.task)]
+        del connection, stream
+        if ending == "stream reset":
+            client.conn.reset_stream(stream_id)
+            client.flush()
+            await asyncio.wait_for(servicer.cancelled.wait(), TIMEOUT)
+            refs.pop(0)  # the connection itself stays open
+        else:
+            client.close()
+            await asyncio.wait_for(servicer.cancelled.wait(), TIMEOUT)
+        for _ in range(500):
+            if all(ref() is None for ref in refs):
+                break
+            await asyncio.sleep(0)
+        assert [ref() for ref in refs] == [None] * len(refs)
+        if ending == "stream reset":
+            client.close()
+    finally:
+        if was_enabled:
+            gc.enable()
+    await _still_serving(port)

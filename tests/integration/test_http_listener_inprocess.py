@@ -5,7 +5,9 @@ answered, and shutdown with a request in flight."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -171,3 +173,66 @@ async def test_accepted_connections_send_small_writes_at_once(
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         writer.close()
+
+
+@pytest.fixture
+def no_collector() -> Any:
+    """The cyclic garbage collector off: what a test then sees freed, reference counting
+    freed on its own."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    yield
+    if was_enabled:
+        gc.enable()
+
+
+async def _gone(ref: weakref.ref[Any]) -> bool:
+    """Whether the referent is freed within a few hundred turns of the event loop."""
+    for _ in range(500):
+        if ref() is None:
+            return True
+        await asyncio.sleep(0)
+    return False
+
+
+@pytest.mark.parametrize("in_flight", [False, True], ids=["answered", "in-flight"])
+async def test_a_connection_that_ended_is_freed_without_a_garbage_collection(
+    no_collector: None, in_flight: bool
+) -> None:
+    """A closed connection, the one whose inference was still being answered included, does
+    not wait for the cyclic collector: a server under load between collections would
+    otherwise hold every connection its clients closed, their requests and buffers."""
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def infer(request: Request, model: str, version: str | None) -> Reply:
+        if model == "wait":
+            started.set()
+            await release.wait()
+        return Reply(200, b"{}")
+
+    server = HttpServer(_stream_app, infer=infer)
+    sock = bind_socket("127.0.0.1", 0)
+    await server.start(sock)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        model = b"wait" if in_flight else b"m"
+        writer.write(
+            b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n" % model
+        )
+        if in_flight:
+            await asyncio.wait_for(started.wait(), timeout=5.0)
+        else:
+            assert (await _read_response(reader))[0] == 200
+        (connection,) = server.connections
+        ref = weakref.ref(connection)
+        del connection
+        writer.close()
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while server.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+        assert not server.connections
+        assert await _gone(ref)
+    finally:
+        release.set()
+        await server.shutdown(timeout=1.0)
